@@ -1,0 +1,1 @@
+"""mechkit.circuits — filled by later issues."""

@@ -1,0 +1,1 @@
+"""mechkit.kernels — filled by later issues."""

@@ -1,0 +1,1 @@
+"""Subject backends: TransformerLens (`tl`) and nnsight over the Hugging Face model (`nnsight`)."""

@@ -1,0 +1,69 @@
+"""TransformerLens backend: a HookedTransformer built offline from a Hugging Face model already in memory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mechkit.batch import Batch
+from mechkit.subject import Subject
+
+
+def hooked_transformer(hf_model, tokenizer, tl_official_name: str | None, dtype: torch.dtype, device: str):
+    """Convert an HF causal LM to a HookedTransformer without contacting a hub.
+
+    With `tl_official_name` TransformerLens' built-in config is used (e.g. google/gemma-3-270m); otherwise the
+    manual route reads the HF config (written to a neutrally named temporary directory, because TransformerLens
+    dispatches on substrings of the path) and converts the in-memory weights.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
+
+    if tl_official_name is not None:
+        return HookedTransformer.from_pretrained_no_processing(
+            tl_official_name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=device,
+            default_padding_side="left",
+        )
+    with tempfile.TemporaryDirectory(prefix="mechkit-cfg-") as neutral:
+        hf_model.config.to_json_file(str(Path(neutral) / "config.json"))
+        cfg = get_pretrained_model_config(neutral, dtype=dtype, device=device, default_prepend_bos=False)
+        state = get_pretrained_state_dict(neutral, cfg, hf_model=hf_model, dtype=dtype)
+    # TransformerLens would reload the tokenizer by name (a hub call for in-memory ones): attach ours directly.
+    cfg.tokenizer_name = None
+    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False, default_padding_side="left")
+    model.tokenizer = tokenizer
+    model.load_and_process_state_dict(
+        state, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return model.to(device)
+
+
+class TLSubject(Subject):
+    """Subject over a TransformerLens HookedTransformer: every TransformerLens hook name is available."""
+
+    backend = "tl"
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model.eval()
+        self.context_length = min(self.context_length, model.cfg.n_ctx)
+
+    @property
+    def hook_names(self) -> list[str]:
+        return list(self.model.hook_dict)
+
+    def _run(self, batch: Batch, hooks, last_only: bool) -> Tensor:
+        tokens = batch.tokens.to(self.model.cfg.device)
+        mask = batch.attention_mask.to(self.model.cfg.device)
+        with self.model.hooks(fwd_hooks=hooks):
+            if not last_only:
+                return self.model(tokens, attention_mask=mask)
+            resid = self.model(tokens, attention_mask=mask, stop_at_layer=self.n_layers)
+            return self.model.unembed(self.model.ln_final(resid[:, -1:]))
+
+    def W_O(self, layer: int) -> Tensor:
+        return self.model.blocks[layer].attn.W_O.detach()

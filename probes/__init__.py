@@ -1,0 +1,1 @@
+"""mechkit.probes — filled by later issues."""
