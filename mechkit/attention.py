@@ -35,7 +35,9 @@ class AttentionRule:
         layer_types = getattr(config, "layer_types", None)
         sliding = layer_types is not None and layer_types[layer] == "sliding_attention"
         window = getattr(config, "sliding_window", None) if sliding else None
-        return cls(scale=float(scalar) ** -0.5, softcap=getattr(config, "attn_logit_softcapping", None), window=window)
+        # Gemma 3 keeps the config field but its attention never applies it (Gemma 2 does).
+        softcap = None if config.model_type == "gemma3_text" else getattr(config, "attn_logit_softcapping", None)
+        return cls(scale=float(scalar) ** -0.5, softcap=softcap, window=window)
 
 
 def visible_keys(

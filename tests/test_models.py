@@ -90,7 +90,7 @@ def test_registry_entries_are_consistent():
         assert spec.packages and all(isinstance(p, PackagePart) for p in spec.packages)
     gemma = REGISTRY["gemma-3-270m"]
     assert [p.member[-7:] for p in gemma.packages] == [".part00", ".part01", ".part02", ".part03"]
-    assert gemma.tl_official_name == "google/gemma-3-270m" and gemma.prepend_bos is False
+    assert gemma.tl_official_name == "google/gemma-3-270m" and gemma.prepend_bos is True
     smol = REGISTRY["smollm2-135m-instruct"]
     assert smol.tl_official_name is None and smol.prepend_bos is True and smol.chat is True
 

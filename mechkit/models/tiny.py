@@ -1,8 +1,8 @@
 """Tiny random models for tests and examples: real Hugging Face architectures, random weights, byte tokenizer.
 
 `tiny:llama` (grouped-query attention) runs on every backend; `tiny:gemma3` (query/key norms, a 4-token
-sliding window on local layers, logit soft-capping, query_pre_attn_scalar != d_head) exercises every attention
-rule on the nnsight backend (TransformerLens only builds Gemma 3 from its official names).
+sliding window on local layers, query_pre_attn_scalar != d_head) exercises Gemma's attention rules on the
+nnsight backend (TransformerLens only builds Gemma 3 from its official names).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _configs() -> dict:
         "gemma3": Gemma3TextConfig(
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention"], attn_logit_softcapping=5.0,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
             max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         ),
     }
