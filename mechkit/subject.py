@@ -218,8 +218,9 @@ class Subject:
         batch = self.to_batch(inputs)
         logits = self.run_with_hooks(batch, interventions=interventions)
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        losses = -logprobs.gather(-1, batch.tokens[:, 1:, None]).squeeze(-1)
-        valid = (batch.attention_mask[:, :-1] * batch.attention_mask[:, 1:]).bool()
+        tokens, mask = batch.tokens.to(logits.device), batch.attention_mask.to(logits.device)
+        losses = -logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        valid = (mask[:, :-1] * mask[:, 1:]).bool()
         return losses.masked_fill(~valid, float("nan"))
 
     def heads(self, spec) -> list[HeadId]:

@@ -40,3 +40,8 @@ def gemma_tl():
 @pytest.fixture(scope="session")
 def smollm_tl():
     return _real("smollm2-135m-instruct", "tl")
+
+
+@pytest.fixture(scope="session")
+def gemma_nnsight():
+    return _real("gemma-3-270m", "nnsight")

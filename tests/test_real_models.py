@@ -65,3 +65,21 @@ def test_raw_text_starts_with_exactly_one_bos(fixture, bos, request):
     tokens = subject.tokenize("Hello world").tokens[0].tolist()
     assert subject.tokenizer.convert_ids_to_tokens(tokens[:2])[0] == bos and tokens[1] != tokens[0]
     assert subject.tokenize("Hello world", prepend_bos=False).tokens[0].tolist() == tokens[1:]
+
+
+def test_gemma_nnsight_backend_agrees_with_transformer_lens(gemma_tl, gemma_nnsight):
+    """The nnsight backend (HF sdpa attention) gives the same rows beyond the window, hooks and logits."""
+    batch = gemma_tl.tokenize([" ".join([PARAGRAPH] * 3), PARAGRAPH])
+    queries = [-1, 530]
+    rows_tl = gemma_tl.attention_rows(batch, [0, 5], queries)
+    rows_nn = gemma_nnsight.attention_rows(batch, [0, 5], queries)
+    for layer in (0, 5):
+        assert torch.allclose(rows_nn[layer], rows_tl[layer], atol=1e-5)
+    names = ["blocks.3.attn.hook_z", "blocks.3.hook_attn_out", "blocks.3.hook_resid_mid", "blocks.3.hook_mlp_out"]
+    logits_tl, cache_tl = gemma_tl.run_with_cache(batch, names_filter=names, last_only=True)
+    logits_nn, cache_nn = gemma_nnsight.run_with_cache(batch, names_filter=names, last_only=True)
+    real = batch.attention_mask.bool()
+    for name in names:
+        scale = cache_tl[name][real].abs().max()
+        assert (cache_nn[name][real] - cache_tl[name][real]).abs().max() < 1e-4 * scale, name
+    assert (logits_nn - logits_tl).abs().max() < 1e-3 * logits_tl.abs().max()

@@ -33,7 +33,7 @@ def hooked_transformer(hf_model, tokenizer, tl_official_name: str | None, dtype:
         state = get_pretrained_state_dict(neutral, cfg, hf_model=hf_model, dtype=dtype)
     # TransformerLens would reload the tokenizer by name (a hub call for in-memory ones): attach ours directly.
     cfg.tokenizer_name = None
-    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False, default_padding_side="left")
+    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     model.tokenizer = tokenizer
     model.load_and_process_state_dict(
         state, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False,

@@ -37,6 +37,22 @@ def _info(quiet: bool, message: str) -> None:
         typer.echo(f"mechkit: {message}", err=True)
 
 
+@contextlib.contextmanager
+def _library_output(quiet: bool):
+    """Libraries' prints go to stderr, never into the results on stdout; --quiet drops them and their bars."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr):
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def read_texts(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, text) for each non-blank line of `path`; an empty file is an error."""
     try:
@@ -84,8 +100,7 @@ def loss(
         out = ensure_writable_dir(out)
 
     _info(quiet, f"loading {model} on {device} ({dtype})")
-    # Libraries' chatter ("Moving model to device") stays out of the results on stdout; --quiet drops it.
-    with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr):
+    with _library_output(quiet):
         subject = load(model, device=device, dtype=dtype)
     ablated = subject.heads(ablate) if ablate is not None else []
     masked = subject.heads(mask_uniform) if mask_uniform is not None else []
