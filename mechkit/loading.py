@@ -56,10 +56,33 @@ def _source(model_id: str, dtype: torch.dtype):
     if (path / "config.json").is_file():
         model, tokenizer = _hf_from_dir(path, dtype)
         return model, tokenizer, None, tokenizer.bos_token_id is not None, None
+    local = _hf_cache_dir(model_id)
+    if local is not None:  # a hub name whose files are already in the local Hugging Face cache
+        model, tokenizer = _hf_from_dir(local, dtype)
+        return model, tokenizer, _tl_official(model_id), tokenizer.bos_token_id is not None, None
     raise UnknownModelError(
         f"unknown model {model_id!r}: use one of {', '.join(known_ids())}, a local Hugging Face directory, "
-        "or tiny:llama / tiny:gemma3"
+        "a hub name already in the local Hugging Face cache, or tiny:llama / tiny:gemma3"
     )
+
+
+def _hf_cache_dir(name: str) -> Path | None:
+    """The local snapshot directory of a hub model already in the Hugging Face cache, without any network call."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        directory = Path(snapshot_download(name, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+    return directory if (directory / "config.json").is_file() else None
+
+
+def _tl_official(name: str) -> str | None:
+    """TransformerLens' official name for a hub name, when it has a built-in config for it."""
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    return name if name in OFFICIAL_MODEL_NAMES else None
 
 
 def _tl_matches_hf(tl_model, hf_model) -> float:
@@ -77,7 +100,8 @@ def load(
     device: str = "cpu",
     dtype: str | torch.dtype = "float32",
 ) -> Subject:
-    """Load `model_id` (a registered id, a local HF directory, or tiny:<name>) as a Subject.
+    """Load `model_id` (a registered id, a local HF directory, a hub name already in the local Hugging Face
+    cache, or tiny:<name>) as a Subject.
 
     backend "auto" uses TransformerLens when it can convert the model exactly (checked on a short input at
     load time) and nnsight over the Hugging Face model otherwise. Never contacts a model hub.

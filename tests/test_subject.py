@@ -146,3 +146,22 @@ def test_bad_input_is_refused_with_a_clear_message(tiny_tl):
         mechkit.load("gpt-17")
     with pytest.raises(MechkitError, match="unsupported dtype"):
         mechkit.load("tiny:llama", dtype="int8")
+
+
+def test_hub_name_in_the_local_hf_cache_loads_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from mechkit.models.tiny import tiny_model
+
+    snapshot = tmp_path / "models--mechkit-test--tiny" / "snapshots" / "abc123"
+    model, tokenizer = tiny_model("llama", seed=3)
+    model.save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (tmp_path / "models--mechkit-test--tiny" / "refs").mkdir()
+    (tmp_path / "models--mechkit-test--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    subject = mechkit.load("mechkit-test/tiny", backend="nnsight")
+    batch = subject.tokenize("hello")
+    with torch.no_grad():
+        expected = model(batch.tokens).logits
+    assert torch.allclose(subject.run_with_hooks(batch), expected, atol=1e-5)
