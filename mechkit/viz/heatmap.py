@@ -55,7 +55,7 @@ def top_heads_table(scores: HeadScores, k: int = 20) -> go.Figure:
     }
     table = go.Table(
         header={"values": list(columns)},
-        cells={"values": list(columns.values()), "format": [None, None, None, None, "~.4g"]},
+        cells={"values": list(columns.values()), "format": ["", "", "", "", ".4~g"]},
     )
     return go.Figure(table).update_layout(
         title=f"Top {len(top)} heads by {scores.metric}: {scores.model}", height=160 + 24 * len(top)
