@@ -7,7 +7,7 @@ built on it here, once, so they behave the same on TransformerLens, nnsight and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -167,11 +167,25 @@ class Subject:
         query_positions index the left-padded sequence; negative values count from the end, so -1 is every
         row's last token. Rows are recomputed from the captured post-rotary q (only those rows are kept) and k,
         with the layer's own rule; one forward pass serves all requested layers. Returns one tensor for an int
-        `layers`, else a dict layer -> tensor.
+        `layers`, else a dict layer -> tensor (use `iter_attention_rows` to hold one layer's rows at a time).
+        """
+        if isinstance(layers, int):
+            return next(self.iter_attention_rows(inputs, [layers], query_positions, interventions))[1]
+        return dict(self.iter_attention_rows(inputs, layers, query_positions, interventions))
+
+    def iter_attention_rows(
+        self,
+        inputs,
+        layers: Sequence[int],
+        query_positions: Sequence[int] | Tensor,
+        interventions: Sequence[Intervention] = (),
+    ) -> Iterator[tuple[int, Float[Tensor, "batch head n_query key"]]]:
+        """(layer, rows) for each requested layer, from one forward pass, computing one layer's rows at a time.
+
+        Memory: the captured q rows and k of the requested layers, plus one layer's rows.
         """
         batch = self.to_batch(inputs)
-        single = isinstance(layers, int)
-        layer_list = [layers] if single else list(layers)
+        layer_list = list(layers)
         for layer in layer_list:
             if not 0 <= layer < self.n_layers:
                 raise MechkitError(f"layer {layer} is outside {self.model_id} (0..{self.n_layers - 1})")
@@ -192,15 +206,14 @@ class Subject:
         for layer in layer_list:
             hooks += [(f"blocks.{layer}.attn.hook_rot_q", keep_q), (f"blocks.{layer}.attn.hook_rot_k", keep_k)]
         self.run_with_hooks(batch, hooks, interventions, last_only=True)
-        rows = {}
         for layer in layer_list:
             rule = self.attention_rule(layer)
-            q, k = captured[f"blocks.{layer}.attn.hook_rot_q"], captured[f"blocks.{layer}.attn.hook_rot_k"]
-            layer_rows = attention_rows_from_qk(q, k, positions, batch.attention_mask.bool(), rule)
+            q = captured.pop(f"blocks.{layer}.attn.hook_rot_q")
+            k = captured.pop(f"blocks.{layer}.attn.hook_rot_k")
+            rows = attention_rows_from_qk(q, k, positions, batch.attention_mask.bool(), rule)
             for intervention in interventions:
-                layer_rows = intervention.rows(layer, layer_rows, positions, batch, rule.window)
-            rows[layer] = layer_rows
-        return rows[layer_list[0]] if single else rows
+                rows = intervention.rows(layer, rows, positions, batch, rule.window)
+            yield layer, rows
 
     def head_results(
         self, inputs, layer: int, interventions: Sequence[Intervention] = ()

@@ -165,3 +165,12 @@ def test_hub_name_in_the_local_hf_cache_loads_offline(tmp_path, monkeypatch):
     with torch.no_grad():
         expected = model(batch.tokens).logits
     assert torch.allclose(subject.run_with_hooks(batch), expected, atol=1e-5)
+
+
+def test_iter_attention_rows_streams_the_same_rows(tiny_tl):
+    batch = tiny_tl.tokenize(TEXTS)
+    together = tiny_tl.attention_rows(batch, [0, 2], [-1, 5])
+    streamed = list(tiny_tl.iter_attention_rows(batch, [0, 2], [-1, 5]))
+    assert [layer for layer, _ in streamed] == [0, 2]
+    for layer, rows in streamed:
+        assert torch.equal(rows, together[layer])

@@ -25,7 +25,7 @@ def hooked_transformer(hf_model, tokenizer, tl_official_name: str | None, dtype:
     if tl_official_name is not None:
         return HookedTransformer.from_pretrained_no_processing(
             tl_official_name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=device,
-            default_padding_side="left",
+            default_padding_side="left", n_ctx=hf_model.config.max_position_embeddings,
         )
     with tempfile.TemporaryDirectory(prefix="mechkit-cfg-") as neutral:
         hf_model.config.to_json_file(str(Path(neutral) / "config.json"))

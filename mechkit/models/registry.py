@@ -33,7 +33,7 @@ class ModelSpec:
     tl_official_name: str | None  # TransformerLens official name whose built-in config fits; None: manual route
     # Whether raw-text inputs start with tokenizer.bos_token. mechkit always tokenizes without the tokenizer's own
     # special tokens and prepends the BOS itself when this is True, so the first token is a deliberate choice and
-    # never doubled. Chat-templated inputs carry their own opening token and never get an extra one.
+    # never doubled. Chat-templated text carries its own opening token: tokenize it with prepend_bos=False.
     prepend_bos: bool
     chat: bool  # instruction-tuned with a chat template
     context_length: int  # max_position_embeddings of the checkpoint
@@ -77,8 +77,8 @@ REGISTRY: dict[str, ModelSpec] = {
             # The tokenizer adds nothing, so raw text would start on a content token, which then takes the
             # attention-sink role and skews position-0 statistics differently per prompt. mechkit prepends the
             # tokenizer's BOS `<|im_start|>` (id 1): it opens every sequence the instruct model was tuned on (each
-            # chat turn starts with it), so it is the most natural fixed first token. Chat-templated inputs
-            # already start with `<|im_start|>` and are tokenized without prepending.
+            # chat turn starts with it), so it is the most natural fixed first token. Chat-templated text already
+            # starts with `<|im_start|>`: tokenize it with prepend_bos=False.
             prepend_bos=True,
             chat=True,
             context_length=8192,
