@@ -31,7 +31,11 @@ def _by_layer(heads: list[HeadId]) -> dict[int, list[int]]:
 
 
 class Intervention:
-    """Base: `hooks` gives (hook name, fn) pairs; `rows` lets attention_rows report the intervened pattern."""
+    """Base: `hooks` gives (hook name, fn) pairs; `rows` lets attention_rows report the intervened pattern.
+
+    `hooks(subject, batch)` is called once per run; during cached decoding the same hooks see every call of the
+    run and `batch.attention_mask` grows with the generated tokens (read it inside the hook, not before).
+    """
 
     def hooks(self, subject: "Subject", batch: "Batch") -> list[tuple[str, object]]:
         raise NotImplementedError
@@ -45,7 +49,7 @@ class HeadAblation(Intervention):
     """Zero or mean ablation of chosen heads' outputs (`hook_z`).
 
     mode "mean" replaces a head's z by `means[layer][head]` ([n_heads, d_head] per layer) when given, else by
-    its mean over the real (non-padding) tokens of the current batch.
+    its mean over the real (non-padding) tokens of the run's input (the prompt, when decoding).
     """
 
     heads: object
@@ -59,18 +63,22 @@ class HeadAblation(Intervention):
 
     def hooks(self, subject, batch):
         subject.check_heads(self.heads)
-        mask = batch.attention_mask.to(torch.float32)
 
         def make(layer: int, heads: list[int]):
+            batch_means: dict[str, Tensor] = {}
+
             def ablate(z, *, hook):
                 z = z.clone()
                 if self.mode == "zero":
                     z[:, :, heads] = 0.0
-                elif self.means is not None:
+                    return z
+                if self.means is not None:
                     z[:, :, heads] = self.means[layer][heads].to(z)
-                else:
-                    m = mask.to(z)[:, :, None, None]
-                    z[:, :, heads] = (z[:, :, heads] * m).sum((0, 1)) / m.sum()
+                    return z
+                if "z" not in batch_means:  # the first call of a run (the prompt) fixes the means for decoding
+                    m = batch.attention_mask[:, -z.shape[1]:].to(z)[:, :, None, None]
+                    batch_means["z"] = (z[:, :, heads] * m).sum((0, 1)) / m.sum()
+                z[:, :, heads] = batch_means["z"]
                 return z
 
             return ablate
@@ -108,21 +116,23 @@ class UniformAttention(Intervention):
         object.__setattr__(self, "heads", parse_heads(self.heads))
 
     def hooks(self, subject, batch):
+        """Values are kept across the calls of one run, so cached decoding (one new token a call) stays exact."""
         subject.check_heads(self.heads)
-        mask = batch.attention_mask.to(torch.float32)
         group = subject.n_heads // subject.n_kv_heads
         pairs = []
         for layer, heads in _by_layer(self.heads).items():
-            captured: dict[str, Tensor] = {}
+            history: list[Tensor] = []
             window = subject.attention_rule(layer).window
 
-            def keep_v(v, *, hook, captured=captured):
-                captured["v"] = v
+            def keep_v(v, *, hook, history=history):
+                history.append(v)
 
-            def replace_z(z, *, hook, captured=captured, heads=heads, window=window):
+            def replace_z(z, *, hook, history=history, heads=heads, window=window):
+                v = torch.cat(history, dim=1)
+                mask = batch.attention_mask[:, -v.shape[1]:].to(z)
                 z = z.clone()
                 for head in heads:
-                    z[:, :, head] = uniform_z(captured["v"], mask.to(z), head // group, window).to(z)
+                    z[:, :, head] = uniform_z(v, mask, head // group, window)[:, -z.shape[1]:].to(z)
                 return z
 
             pairs += [(f"blocks.{layer}.attn.hook_v", keep_v), (f"blocks.{layer}.attn.hook_z", replace_z)]

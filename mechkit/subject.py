@@ -51,9 +51,19 @@ class Subject:
         """Every hook name this backend can run, in execution order."""
         raise NotImplementedError
 
-    def _run(self, batch: Batch, hooks: list[tuple[str, HookFn]], last_only: bool) -> Tensor:
-        """Forward with hooks; logits [batch, pos, vocab], or [batch, 1, vocab] when last_only."""
+    def _forward(self, tokens: Tensor, attention_mask: Tensor, positions: Tensor, hooks: list[tuple[str, HookFn]],
+                 last_only: bool, cache=None) -> Tensor:
+        """Forward of `tokens` [batch, new] with hooks; logits [batch, new, vocab] ([batch, 1, vocab] when
+        last_only). attention_mask covers cached + new tokens, positions the new ones. With a cache from
+        `new_cache`, keys and values are appended to it (cached decoding)."""
         raise NotImplementedError
+
+    def new_cache(self, batch_size: int):
+        """An empty key/value cache for `_forward`."""
+        raise NotImplementedError
+
+    def _run(self, batch: Batch, hooks: list[tuple[str, HookFn]], last_only: bool) -> Tensor:
+        return self._forward(batch.tokens, batch.attention_mask, batch.positions, hooks, last_only)
 
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
         """The output projection of `layer`, split per head."""
@@ -235,6 +245,13 @@ class Subject:
         losses = -logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
         valid = (mask[:, :-1] * mask[:, 1:]).bool()
         return losses.masked_fill(~valid, float("nan"))
+
+    def greedy_decode(self, inputs, max_new_tokens: int, stop_token_ids: Sequence[int] = (),
+                      interventions: Sequence[Intervention] = (), track_heads: bool = True):
+        """Cached greedy decoding recording each head's most-attended key per step (`mechkit.decoding`)."""
+        from mechkit.decoding import greedy_decode
+
+        return greedy_decode(self, inputs, max_new_tokens, stop_token_ids, interventions, track_heads)
 
     def heads(self, spec) -> list[HeadId]:
         """Parse a head specification and check it against this model."""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mechkit.batch import Batch
 from mechkit.errors import MechkitError
 from mechkit.hooks import LAYER_HOOKS, HookRef, hook_layer
 from mechkit.subject import Subject
@@ -96,16 +95,24 @@ class NNsightSubject(Subject):
             return tensor
         return tensor.reshape(*tensor.shape[:-1], -1, self.d_head)
 
-    def _run(self, batch: Batch, hooks, last_only: bool) -> Tensor:
+    def new_cache(self, batch_size: int):
+        """A full (non-sliding) cache: sliding-window layers are masked, not truncated, so key positions stay
+        those of the whole sequence."""
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def _forward(self, tokens, attention_mask, positions, hooks, last_only, cache=None) -> Tensor:
         order = {name: i for i, name in enumerate(self.hook_names)}
         by_name: dict[str, list] = {}
         for name, fn in sorted(hooks, key=lambda pair: order[pair[0]]):
             by_name.setdefault(name, []).append(fn)
         device = self.hf_model.device
-        kwargs = dict(attention_mask=batch.attention_mask.to(device), position_ids=batch.positions.to(device))
+        kwargs = dict(attention_mask=attention_mask.to(device), position_ids=positions.to(device),
+                      past_key_values=cache, use_cache=cache is not None)
         if last_only:
             kwargs["logits_to_keep"] = 1
-        with self.model.trace(batch.tokens.to(device), **kwargs):
+        with self.model.trace(tokens.to(device), **kwargs):
             done: set[tuple[int | None, str, str]] = set()
             for name in by_name:
                 layer = hook_layer(name)

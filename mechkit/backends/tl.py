@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mechkit.batch import Batch
 from mechkit.subject import Subject
 
 
@@ -56,13 +55,19 @@ class TLSubject(Subject):
     def hook_names(self) -> list[str]:
         return list(self.model.hook_dict)
 
-    def _run(self, batch: Batch, hooks, last_only: bool) -> Tensor:
-        tokens = batch.tokens.to(self.model.cfg.device)
-        mask = batch.attention_mask.to(self.model.cfg.device)
+    def new_cache(self, batch_size: int):
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        return TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, batch_size)
+
+    def _forward(self, tokens, attention_mask, positions, hooks, last_only, cache=None) -> Tensor:
+        """TransformerLens derives positions from the mask itself (and keeps the cached part of the mask)."""
+        device = self.model.cfg.device
+        kwargs = dict(attention_mask=attention_mask[:, -tokens.shape[1]:].to(device), past_kv_cache=cache)
         with self.model.hooks(fwd_hooks=hooks):
             if not last_only:
-                return self.model(tokens, attention_mask=mask)
-            resid = self.model(tokens, attention_mask=mask, stop_at_layer=self.n_layers)
+                return self.model(tokens.to(device), **kwargs)
+            resid = self.model(tokens.to(device), stop_at_layer=self.n_layers, **kwargs)
             return self.model.unembed(self.model.ln_final(resid[:, -1:]))
 
     def W_O(self, layer: int) -> Tensor:
