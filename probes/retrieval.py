@@ -86,11 +86,14 @@ def run_trials(
     track_heads: bool = True,
     log: TrialLog | None = None,
     verbose: bool = True,
+    stops: Sequence[int] | None = None,
 ) -> list[TrialOutcome]:
-    """Decode every trial (resuming from `log`: trials already recorded there are read back, not rerun)."""
+    """Decode every trial (resuming from `log`: trials already recorded there are read back, not rerun).
+
+    stops: token ids ending an answer (default: `newline_stop_ids`, computed here when not given)."""
     done = {record["trial_id"]: TrialOutcome(**record) for record in log.records()} if log is not None else {}
     todo = [trial for trial in trials if trial.trial_id not in done]
-    stops = newline_stop_ids(subject.tokenizer)
+    stops = newline_stop_ids(subject.tokenizer) if stops is None else stops
     todo.sort(key=lambda t: len(t.input_ids))  # similar lengths share a batch: little padding
     bar = tqdm(total=len(todo), desc="trials", disable=not verbose)
     for start in range(0, len(todo), batch_size):
@@ -162,6 +165,7 @@ def masking_curves(
     Records: {"k", "kind": "top" | "random" | "none", "draw", "heads", "recall"} (recall = mean ROUGE-1 recall).
     """
     rng = np.random.default_rng(seed)
+    stops = newline_stop_ids(subject.tokenizer)
     top_list = [head for head, _ in scores.top(max(ks))]
     settings = [("none", 0, 0, [])]
     for k in ks:
@@ -172,7 +176,7 @@ def masking_curves(
     for kind, k, draw, heads in tqdm(settings, desc="masking", disable=not verbose):
         interventions = [UniformAttention(heads)] if heads else []
         outcomes = run_trials(subject, trials, max_new_tokens, batch_size, interventions, track_heads=False,
-                              verbose=False)
+                              verbose=False, stops=stops)
         recall = float(np.mean([o.recall for o in outcomes]))
         records.append({"k": k, "kind": kind, "draw": draw, "heads": [h.label for h in heads], "recall": recall})
     return records
