@@ -10,7 +10,7 @@ from transformers import DynamicCache
 
 from mechkit.heads import HeadId
 from mechkit.niah import Needle, builtin_haystack, build_trial, rouge1_recall
-from probes.retrieval import (
+from mechkit.probes.retrieval import (
     TrialOutcome,
     newline_stop_ids,
     random_heads,

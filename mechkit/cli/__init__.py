@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from mechkit.cli import analysis, models
+from mechkit.cli import analysis, models, retrieval
 from mechkit.errors import MechkitError
 
 
@@ -44,6 +44,9 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command("loss")(analysis.loss)
 app.command("dashboard")(analysis.dashboard)
+app.command("find-retrieval-heads")(retrieval.find_retrieval_heads)
+app.command("validate-heads")(retrieval.validate_heads)
+app.command("attention-influence")(retrieval.attention_influence)
 
 
 def main() -> None:
