@@ -2,7 +2,6 @@
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ import torch
 from mechkit.scores import HeadScores
 from mechkit.viz import dashboard_html, head_heatmap, top_heads_table, write_dashboard
 
-CHROMIUM = Path("/usr/bin/chromium")
 NAN = math.nan
 # 3 layers x 4 heads. Target cell for the hover: layer 2, head 1 = 0.875. L0H1 is unscored.
 GRID = [
@@ -82,53 +80,18 @@ def test_write_dashboard_atomic(tmp_path):
     assert path.read_text() == "<html></html>" and [p.name for p in tmp_path.iterdir()] == ["dash.html"]
 
 
-CELL_CENTRE_JS = """([layer, head]) => {
-    const gd = document.querySelectorAll('.plotly-graph-div')[0];
-    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-    return [box.left + xa._offset + xa.l2p(head), box.top + ya._offset + ya.l2p(layer)];
-}"""
-
-
-def hover_text(page, layer, head):
-    """Move the real mouse to the centre of cell (layer, head); return the hover label text ('' if none)."""
-    x, y = page.evaluate(CELL_CENTRE_JS, [layer, head])
-    page.mouse.move(x - 3, y - 3)
-    page.mouse.move(x, y, steps=3)
-    page.wait_for_timeout(300)
-    labels = page.locator(".hoverlayer .hovertext")
-    return " ".join(labels.all_text_contents())
-
-
 @pytest.mark.browser
-def test_dashboard_renders_offline_and_hover_shows_head(tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed; the browser test needs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
+def test_dashboard_renders_offline_and_hover_shows_head(tmp_path, browser_page):
     path = write_dashboard(tmp_path / "dashboard.html", make_page())
-    errors, failed, requested = [], [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("requestfailed", lambda r: failed.append(r.url))
-            page.on("request", lambda r: requested.append(r.url))
-            page.goto(path.as_uri(), wait_until="load")
-            page.wait_for_selector(".plotly-graph-div .main-svg", state="attached", timeout=15000)
-            assert page.locator(".plotly-graph-div").count() == 2
-            assert page.locator(".plotly-graph-div .heatmaplayer image").count() == 1  # the heatmap was drawn
+    browser_page.open(path)
+    page = browser_page.page
+    assert page.locator(".plotly-graph-div").count() == 2
+    assert page.locator(".plotly-graph-div .heatmaplayer image").count() == 1  # the heatmap was drawn
 
-            assert hover_text(page, 0, 1) == ""  # the unscored cell is a gap: no hover label
-            # The label's two lines are separate <tspan>s, so their text runs together.
-            assert re.fullmatch(r"L2H1\s*retrieval: 0\.875", hover_text(page, 2, 1))
-            assert re.fullmatch(r"L1H3\s*retrieval: 0\.75", hover_text(page, 1, 3))
-            assert re.fullmatch(r"L0H3\s*retrieval: 0\.0625", hover_text(page, 0, 3))
-        finally:
-            browser.close()
-    assert errors == [] and failed == []
-    assert not [url for url in requested if url.startswith(("http:", "https:"))]
-    assert requested == [path.as_uri()]
+    assert browser_page.hover_text(0, 0, 1) == ""  # the unscored cell is a gap: no hover label
+    # The label's two lines are separate <tspan>s, so their text runs together.
+    assert re.fullmatch(r"L2H1\s*retrieval: 0\.875", browser_page.hover_text(0, 2, 1))
+    assert re.fullmatch(r"L1H3\s*retrieval: 0\.75", browser_page.hover_text(0, 1, 3))
+    assert re.fullmatch(r"L0H3\s*retrieval: 0\.0625", browser_page.hover_text(0, 0, 3))
+    assert browser_page.errors == [] and browser_page.failed == []
+    assert browser_page.requested == [path.as_uri()]  # nothing but the page itself: no CDN, no network

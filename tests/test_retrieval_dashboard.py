@@ -2,7 +2,6 @@
 the head heatmap shows the head label (the pattern of tests/test_dashboard_browser.py)."""
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,15 +10,6 @@ from mechkit.probes.retrieval import RetrievalResult, TrialOutcome
 from mechkit.probes.retrieval_io import retrieval_dashboard
 from mechkit.scores import HeadScores
 from mechkit.viz import write_dashboard
-
-CHROMIUM = Path("/usr/bin/chromium")
-# Cell centre of (row, column) of the n-th plot's heatmap, in page pixels.
-CELL_CENTRE_JS = """([index, row, column]) => {
-    const gd = document.querySelectorAll('.plotly-graph-div')[index];
-    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-    return [box.left + xa._offset + xa.l2p(column), box.top + ya._offset + ya.l2p(row)];
-}"""
-
 
 def synthetic_result() -> RetrievalResult:
     grid = torch.tensor([[0.0, 0.05, 0.0, 0.2], [0.3, 0.0, 0.0, 0.0], [0.0, 0.875, 0.1, 0.0]])
@@ -39,46 +29,22 @@ def synthetic_result() -> RetrievalResult:
     return RetrievalResult(scores, outcomes, masking)
 
 
-def hover_text(page, index, row, column):
-    x, y = page.evaluate(CELL_CENTRE_JS, [index, row, column])
-    page.mouse.move(x - 3, y - 3)
-    page.mouse.move(x, y, steps=3)
-    page.wait_for_timeout(300)
-    return " ".join(page.locator(".hoverlayer .hovertext").all_text_contents())
-
-
 @pytest.mark.browser
-def test_retrieval_dashboard_renders_and_hover_shows_head(tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed; the browser test needs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
+def test_retrieval_dashboard_renders_and_hover_shows_head(tmp_path, browser_page):
     path = write_dashboard(tmp_path / "dashboard.html", retrieval_dashboard(synthetic_result()))
-    errors, requested = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requested.append(r.url))
-            page.goto(path.as_uri(), wait_until="load")
-            page.wait_for_selector(".plotly-graph-div .main-svg", state="attached", timeout=15000)
-            assert page.locator(".plotly-graph-div").count() == 4  # heads, top table, recall grid, masking
-            assert page.locator(".plotly-graph-div .heatmaplayer image").count() == 2
-            assert page.locator(".plotly-graph-div .table").count() == 1
-            assert page.locator(".plotly-graph-div .scatterlayer .trace").count() == 3  # top, random, baseline
-            assert page.locator(".plotly-graph-div .errorbars path").count() >= 2  # random: mean +- s.d.
-            assert "counted trials: 8 / 12" in page.inner_text("p.notes")
+    browser_page.open(path)
+    page = browser_page.page
+    assert page.locator(".plotly-graph-div").count() == 4  # heads, top table, recall grid, masking
+    assert page.locator(".plotly-graph-div .heatmaplayer image").count() == 2
+    assert page.locator(".plotly-graph-div .table").count() == 1
+    assert page.locator(".plotly-graph-div .scatterlayer .trace").count() == 3  # top, random, baseline
+    assert page.locator(".plotly-graph-div .errorbars path").count() >= 2  # random: mean +- s.d.
+    assert "counted trials: 8 / 12" in page.inner_text("p.notes")
 
-            page.locator(".plotly-graph-div").nth(0).scroll_into_view_if_needed()
-            assert re.fullmatch(r"L2H1\s*retrieval: 0\.875", hover_text(page, 0, 2, 1))
-            page.locator(".plotly-graph-div").nth(2).scroll_into_view_if_needed()
-            recall = hover_text(page, 2, 1, 1)  # length 2000, depth 50 (category axes: row 1, column 1)
-            assert "length 2000 tokens" in recall and "depth 50%" in recall and "recall" in recall
-        finally:
-            browser.close()
-    assert errors == []
-    assert requested == [path.as_uri()]
+    page.locator(".plotly-graph-div").nth(0).scroll_into_view_if_needed()
+    assert re.fullmatch(r"L2H1\s*retrieval: 0\.875", browser_page.hover_text(0, 2, 1))
+    page.locator(".plotly-graph-div").nth(2).scroll_into_view_if_needed()
+    recall = browser_page.hover_text(2, 1, 1)  # length 2000, depth 50 (category axes: row 1, column 1)
+    assert "length 2000 tokens" in recall and "depth 50%" in recall and "recall" in recall
+    assert browser_page.errors == [] and browser_page.failed == []
+    assert browser_page.requested == [path.as_uri()]
