@@ -322,21 +322,17 @@ def _require_cached(model_id: str) -> None:
 
 
 @pytest.mark.real
-def test_real_models_info_gemma():
-    _require_cached("gemma-3-270m")
-    result = run("models", "info", "gemma-3-270m")
+@pytest.mark.parametrize(("model_id", "expected"), [
+    ("gemma-3-270m", ("layers: 18", "query heads: 4", "key/value heads: 1", "context length: 32768",
+                      "sliding window: 512")),
+    ("smollm2-135m-instruct", ("layers: 30", "query heads: 9", "key/value heads: 3", "context length: 8192",
+                               "sliding window: none")),
+])
+def test_real_models_info(model_id, expected):
+    _require_cached(model_id)
+    result = run("models", "info", model_id)
     assert result.exit_code == 0, result.output
     lines = result.out.splitlines()
-    for line in ("layers: 18", "query heads: 4", "key/value heads: 1", "context length: 32768", "sliding window: 512"):
+    for line in expected:
         assert line in lines
     assert re.search(r"^weights sha256: [0-9a-f]{64}$", result.out, re.MULTILINE)
-
-
-@pytest.mark.real
-def test_real_models_info_smollm2():
-    _require_cached("smollm2-135m-instruct")
-    result = run("models", "info", "smollm2-135m-instruct")
-    assert result.exit_code == 0, result.output
-    lines = result.out.splitlines()
-    for line in ("layers: 30", "query heads: 9", "key/value heads: 3", "context length: 8192", "sliding window: none"):
-        assert line in lines
