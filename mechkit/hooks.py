@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 HookFn = Callable[..., "torch.Tensor | None"]  # fn(tensor, *, hook) -> tensor | None, as in TransformerLens
-NamesFilter = "str | Iterable[str] | Callable[[str], bool] | None"
 
 LAYER_HOOKS = (
     "hook_resid_pre",
@@ -25,14 +24,6 @@ LAYER_HOOKS = (
     "hook_resid_post",
 )
 """Per-layer hooks every backend provides, in execution order (shapes as in TransformerLens)."""
-
-FINAL_HOOKS = ("ln_final.hook_normalized",)
-
-
-def layer_hook_names(n_layers: int) -> list[str]:
-    """All hook names common to every backend, in execution order."""
-    names = [f"blocks.{layer}.{hook}" for layer in range(n_layers) for hook in LAYER_HOOKS]
-    return names + list(FINAL_HOOKS)
 
 
 def act_name(kind: str, layer: int | None = None) -> str:

@@ -174,3 +174,17 @@ def test_iter_attention_rows_streams_the_same_rows(tiny_tl):
     assert [layer for layer, _ in streamed] == [0, 2]
     for layer, rows in streamed:
         assert torch.equal(rows, together[layer])
+
+
+def test_hook_name_shorthands_and_filters():
+    from mechkit.hooks import act_name, hook_layer, make_filter
+
+    assert act_name("pattern", 3) == "blocks.3.attn.hook_pattern"
+    assert act_name("resid_post", 5) == "blocks.5.hook_resid_post"
+    assert act_name("embed") == "hook_embed" and act_name("ln_final") == "ln_final.hook_normalized"
+    assert hook_layer("blocks.12.attn.hook_z") == 12 and hook_layer("hook_embed") is None
+    names = ["blocks.0.attn.hook_z", "blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
+    assert [n for n in names if make_filter("blocks.0.attn.hook_z")(n)] == names[:1]
+    assert [n for n in names if make_filter(names[1:])(n)] == names[1:]
+    assert [n for n in names if make_filter(lambda n: n.endswith("hook_z"))(n)] == [names[0], names[2]]
+    assert all(make_filter(None)(n) for n in names)
