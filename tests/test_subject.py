@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mechkit
-from mechkit import ActivationPatch, HeadAblation, UniformAttention
+from mechkit import HeadAblation, UniformAttention
 from mechkit.errors import ContextTooLongError, HeadSpecError, MechkitError, UnknownModelError
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi there", "Attention is all you need, they said."]
