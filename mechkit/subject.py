@@ -69,6 +69,12 @@ class Subject:
         """The output projection of `layer`, split per head."""
         raise NotImplementedError
 
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        """Unembedding with the final norm's elementwise weight folded in (float32): the direct path from the
+        residual stream to the logits, up to the norm's positive per-position scale."""
+        raise NotImplementedError
+
     # -- inputs --------------------------------------------------------------------------------------------
     def attention_rule(self, layer: int) -> AttentionRule:
         return self._rules[layer]
@@ -194,16 +200,38 @@ class Subject:
 
         Memory: the captured q rows and k of the requested layers, plus one layer's rows.
         """
+        for layer, _, rows in self.iter_attention_blocks(inputs, layers, query_positions, None, interventions):
+            yield layer, rows
+
+    def iter_attention_blocks(
+        self,
+        inputs,
+        layers: Sequence[int] | None = None,
+        query_positions: Sequence[int] | Tensor | None = None,
+        block_size: int | None = 256,
+        interventions: Sequence[Intervention] = (),
+    ) -> Iterator[tuple[int, Tensor, Float[Tensor, "batch head block key"]]]:
+        """(layer, query_positions_block, rows) for every layer (default all) and block of query positions
+        (default every position), from one forward pass.
+
+        Positions in each yielded block are non-negative indices into the left-padded sequence. Memory: the
+        captured q rows and k of the requested layers plus one block of rows ([batch, head, block_size, key]),
+        so scores over every row of long sequences never hold a T x T pattern. block_size None: one block.
+        """
         batch = self.to_batch(inputs)
-        layer_list = list(layers)
+        layer_list = list(range(self.n_layers)) if layers is None else list(layers)
         for layer in layer_list:
             if not 0 <= layer < self.n_layers:
                 raise MechkitError(f"layer {layer} is outside {self.model_id} (0..{self.n_layers - 1})")
         width = batch.tokens.shape[-1]
+        if query_positions is None:
+            query_positions = torch.arange(width)
         positions = torch.as_tensor(query_positions, dtype=torch.long).reshape(-1)
         if ((positions >= width) | (positions < -width)).any():
             raise MechkitError(f"query positions {positions.tolist()} fall outside a sequence of {width} tokens")
         positions = positions % width
+        if block_size is not None and block_size < 1:
+            raise MechkitError(f"block_size must be at least 1, got {block_size}")
         captured: dict[str, Tensor] = {}
 
         def keep_q(q, *, hook):
@@ -216,14 +244,18 @@ class Subject:
         for layer in layer_list:
             hooks += [(f"blocks.{layer}.attn.hook_rot_q", keep_q), (f"blocks.{layer}.attn.hook_rot_k", keep_k)]
         self.run_with_hooks(batch, hooks, interventions, last_only=True)
+        step = len(positions) if block_size is None else block_size
+        key_mask = batch.attention_mask.bool()
         for layer in layer_list:
             rule = self.attention_rule(layer)
             q = captured.pop(f"blocks.{layer}.attn.hook_rot_q")
             k = captured.pop(f"blocks.{layer}.attn.hook_rot_k")
-            rows = attention_rows_from_qk(q, k, positions, batch.attention_mask.bool(), rule)
-            for intervention in interventions:
-                rows = intervention.rows(layer, rows, positions, batch, rule.window)
-            yield layer, rows
+            for start in range(0, len(positions), max(step, 1)):
+                block = positions[start:start + step]
+                rows = attention_rows_from_qk(q[:, start:start + step], k, block, key_mask, rule)
+                for intervention in interventions:
+                    rows = intervention.rows(layer, rows, block, batch, rule.window)
+                yield layer, block, rows
 
     def head_results(
         self, inputs, layer: int, interventions: Sequence[Intervention] = ()

@@ -176,3 +176,7 @@ class NNsightSubject(Subject):
     def W_O(self, layer: int) -> Tensor:
         weight = self.hf_model.model.layers[layer].self_attn.o_proj.weight.detach()  # [d_model, head * d_head]
         return weight.T.reshape(self.n_heads, self.d_head, self.d_model)
+
+    @property
+    def W_U(self) -> Tensor:
+        return self.hf_model.lm_head.weight.detach().float().T * self._final_norm_weight().float()[:, None]

@@ -72,3 +72,9 @@ class TLSubject(Subject):
 
     def W_O(self, layer: int) -> Tensor:
         return self.model.blocks[layer].attn.W_O.detach()
+
+    @property
+    def W_U(self) -> Tensor:
+        scale = getattr(self.model.ln_final, "w", None)  # TransformerLens stores Gemma's (1 + weight) already
+        W_U = self.model.W_U.detach().float()
+        return W_U if scale is None else W_U * scale.detach().float()[:, None]
