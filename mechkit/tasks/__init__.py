@@ -1,0 +1,1 @@
+"""Synthetic task data with a known ground truth, one module per task."""
