@@ -89,8 +89,9 @@ def uniform_rows(
     key_mask: Bool[Tensor, "batch key"],
     window: int | None,
     n_heads: int,
+    dtype: torch.dtype = torch.float32,
 ) -> Float[Tensor, "batch head n_query key"]:
     """Uniform attention over each query's visible keys (the retrieval-head paper's masking)."""
-    allowed = visible_keys(query_positions, key_mask, window).float()
+    allowed = visible_keys(query_positions, key_mask, window).to(dtype)
     rows = allowed / allowed.sum(-1, keepdim=True).clamp(min=1)
     return rows[:, None].expand(-1, n_heads, -1, -1)

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from mechkit.errors import HeadSpecError
 
 ACCEPTED_FORMS = (
@@ -102,3 +104,10 @@ def parse_heads(spec: object, n_layers: int | None = None, n_heads: int | None =
 def all_heads(n_layers: int, n_heads: int) -> list[HeadId]:
     """Every head of an `n_layers` x `n_heads` model, layer-major (L0H0, L0H1, ..., L1H0, ...)."""
     return [HeadId(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+
+
+def random_heads(n_layers: int, n_heads: int, k: int, exclude: Iterable[HeadId], rng: np.random.Generator
+                 ) -> list[HeadId]:
+    """`k` heads drawn without replacement from those not in `exclude`."""
+    pool = [h for h in all_heads(n_layers, n_heads) if h not in set(exclude)]
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(k, len(pool)), replace=False))]

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechkit.decoding import Decoded
-from mechkit.heads import HeadId, all_heads
+from mechkit.heads import HeadId, random_heads
 from mechkit.interventions import UniformAttention
 from mechkit.niah import Trial, rouge1_recall
 from mechkit.results import TrialLog
@@ -139,13 +139,6 @@ def retrieval_scores(subject: Subject, outcomes: Iterable[TrialOutcome], config:
     scores = total / len(counted) if counted else torch.full_like(total, float("nan"))
     return HeadScores(scores, metric="retrieval", model=subject.model_id, n_items=len(counted), seed=seed,
                       config=config)
-
-
-def random_heads(n_layers: int, n_heads: int, k: int, exclude: Iterable[HeadId], rng: np.random.Generator
-                 ) -> list[HeadId]:
-    """`k` heads drawn without replacement from those not in `exclude`."""
-    pool = [h for h in all_heads(n_layers, n_heads) if h not in set(exclude)]
-    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(k, len(pool)), replace=False))]
 
 
 def masking_curves(

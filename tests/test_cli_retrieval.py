@@ -6,13 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from mechkit.cli import app
+from cli_helpers import assert_one_line_error, run
 from mechkit.cli import retrieval as cli_retrieval
 from mechkit.probes import retrieval_io
 from mechkit.probes.retrieval import RetrievalConfig, TrialOutcome
@@ -20,27 +17,11 @@ from mechkit.results import PROVENANCE_KEYS
 from mechkit.scores import RECORD_KEYS, HeadScores
 from mechkit.subject import Subject
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Short needles: the built-in ones do not fit tiny:llama's 256-byte context next to the question.
 NEEDLES = [
     {"needle": "The secret code is blue moon.", "question": "What is the secret code?", "answer": "blue moon"},
     {"needle": "Tom keeps a red kite.", "question": "What does Tom keep?", "answer": "a red kite"},
 ]
-
-
-def run(*args: str):
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
-    result.out, result.err = ANSI.sub("", result.stdout), ANSI.sub("", result.stderr)
-    return result
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    errors = [line for line in result.err.splitlines() if line.startswith("mechkit: error: ")]
-    assert len(errors) == 1 and result.err.rstrip().endswith(errors[0]), result.err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from mechkit.heads import HeadId
+from mechkit.heads import HeadId, random_heads
 from mechkit.niah import Needle, builtin_haystack, build_trial, rouge1_recall
 from mechkit.probes.retrieval import (
     TrialOutcome,
     newline_stop_ids,
-    random_heads,
     retrieval_hits,
     retrieval_scores,
     run_trials,

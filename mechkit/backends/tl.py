@@ -34,6 +34,7 @@ def hooked_transformer(hf_model, tokenizer, tl_official_name: str | None, dtype:
     cfg.tokenizer_name = None
     model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     model.tokenizer = tokenizer
+    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0  # what set_tokenizer records, for to_tokens
     model.load_and_process_state_dict(
         state, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False,
         refactor_factored_attn_matrices=False,

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from mechkit.cli import analysis, models, retrieval
+from mechkit.cli import analysis, models, patterns, retrieval
 from mechkit.errors import MechkitError
 
 
@@ -47,6 +47,8 @@ app.command("dashboard")(analysis.dashboard)
 app.command("find-retrieval-heads")(retrieval.find_retrieval_heads)
 app.command("validate-heads")(retrieval.validate_heads)
 app.command("attention-influence")(retrieval.attention_influence)
+app.command("find-induction-heads")(patterns.find_induction_heads)
+app.command("find-ngram-heads")(patterns.find_ngram_heads)
 
 
 def main() -> None:
