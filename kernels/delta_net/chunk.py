@@ -1,0 +1,77 @@
+"""The DeltaNet family in chunks (PyTorch, WY/UT form): the fast CPU path; autograd works.
+
+Per chunk of C tokens with entering state S, chunk-local G = cumsum(g), Γ_ij = exp(G_i − G_j) for j ≤ i
+(0 above the diagonal) and write keys Wk = d ⊙ K:
+    A = strict_tril(diag(β)(K Wkᵀ ⊙ Γ)),  [U | W] = (I + A)⁻¹ [β ⊙ V | β ⊙ e^G ⊙ K]   (unit-lower-triangular solve)
+    V_new = U − W S,  O = scale · ((Q ⊙ e^G) S + (Q Wkᵀ ⊙ Γ) V_new),  S ← e^{G_C} S + (Wk ⊙ e^{G_C − G})ᵀ V_new.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from ..checks import compute_dtype, n_chunks
+from .inputs import check_delta_net
+
+
+def decay_matrix(G: Tensor) -> Tensor:
+    """`[..., C]` log-decay cumsums -> `[..., C, C]` with `exp(G_i − G_j)` for j ≤ i and 0 above the diagonal."""
+    C = G.shape[-1]
+    lower = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
+    return (G[..., :, None] - G[..., None, :]).masked_fill(~lower, -torch.inf).exp()
+
+
+def delta_net_chunks(q, k, v, beta, g, write_scale, h0, scale: float, chunk_size: int):
+    """Unchecked core of `chunk_delta_net`: return (o, final_state, states)."""
+    (B, T, H, K), V = q.shape, v.shape[-1]
+    C, N, dt = chunk_size, n_chunks(T, chunk_size), compute_dtype(q.dtype)
+
+    def chunked(x):  # [B, T, H, ...] -> [B, H, N, C, ...], zero-padded at the end
+        x = x.to(dt).reshape(B, T, H, -1)
+        return F.pad(x, (0, 0, 0, 0, 0, N * C - T)).reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4)
+
+    qc, kc, vc, bc = chunked(q) * scale, chunked(k), chunked(v), chunked(beta)
+    wc = kc if write_scale is None else kc * write_scale.to(dt)[None, :, None, None, :]
+    G = torch.zeros_like(bc) if g is None else chunked(g).cumsum(-2)  # [B, H, N, C, 1]
+    decay = decay_matrix(G[..., 0])
+    A = (bc * (kc @ wc.transpose(-1, -2)) * decay).tril(-1)
+    # unitriangular=True reads only the strict lower part: this solves (I + A) X = rhs.
+    rhs = torch.cat([bc * vc, bc * G.exp() * kc], dim=-1)
+    U, W = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True).split([V, K], dim=-1)
+    S = kc.new_zeros(B, H, K, V) if h0 is None else h0.to(dt)
+    states, v_new = [], []
+    for n in range(N):
+        states.append(S)
+        v_new.append(U[:, :, n] - W[:, :, n] @ S)
+        G_n = G[:, :, n]
+        tail = (wc[:, :, n] * (G_n[:, :, -1:] - G_n).exp()).transpose(-1, -2)
+        S = G_n[:, :, -1:].exp() * S + tail @ v_new[-1]
+    states, v_new = torch.stack(states, dim=2), torch.stack(v_new, dim=2)
+    o = (qc * G.exp()) @ states + ((qc @ wc.transpose(-1, -2)) * decay) @ v_new
+    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T].to(q.dtype)
+    return o, S, states
+
+
+def chunk_delta_net(
+    q: Float[Tensor, "batch time head d_k"],
+    k: Float[Tensor, "batch time head d_k"],
+    v: Float[Tensor, "batch time head d_v"],
+    beta: Float[Tensor, "batch time head"] | None = None,
+    *,
+    eta: Float[Tensor, "batch time head"] | None = None,
+    eps: float = 1e-6,
+    g: Float[Tensor, "batch time head"] | None = None,
+    write_scale: Float[Tensor, "head d_k"] | None = None,
+    scale: float | None = None,
+    initial_state: Float[Tensor, "batch head d_k d_v"] | None = None,
+    chunk_size: int = 64,
+    output_states: bool = False,
+):
+    """Same signature and returns as `naive_delta_net`; o in the input dtype, states in float32 (float64 for
+    float64 inputs)."""
+    x = check_delta_net(q, k, v, beta, eta, eps, g, write_scale, scale, initial_state, chunk_size)
+    o, final, states = delta_net_chunks(q, k, v, x.beta, g, write_scale, initial_state, x.scale, chunk_size)
+    return (o, final, states) if output_states else (o, final)
