@@ -19,8 +19,14 @@ CHUNK_SIZES = (16, 32, 64)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def load_kernels(module: str, q: torch.Tensor, dims: dict[str, int], chunk_size: int):
-    """Check q's device and dtype, the head sizes `dims` and `chunk_size`; import and return the kernel module."""
+def block_size(size: int) -> int:
+    """The block a feature dimension of `size` (a multiple of 16) is split into: 64, 32 or 16."""
+    return next(b for b in (64, 32, 16) if size % b == 0)
+
+
+def load_kernels(module: str, q: torch.Tensor, dims: dict[str, int], chunk_size: int, blocked=None):
+    """Check q's device and dtype, the head sizes `dims` (whole tiles) and `blocked` (split into blocks of 16-64)
+    and `chunk_size`; import and return the kernel module."""
     import triton
 
     interpret = bool(triton.knobs.runtime.interpret)
@@ -39,6 +45,10 @@ def load_kernels(module: str, q: torch.Tensor, dims: dict[str, int], chunk_size:
         if size not in TILE_SIZES:
             raise KernelInputError(f"{name} = {size} cannot be tiled by the Triton kernels; supported sizes are "
                                    f"{', '.join(map(str, TILE_SIZES))} (use the chunk_* functions for other sizes).")
+    for name, size in (blocked or {}).items():
+        if size % 16:
+            raise KernelInputError(f"{name} = {size} cannot be tiled by the Triton kernels; it must be a multiple "
+                                   "of 16 (use the chunk_* functions for other sizes).")
     if chunk_size not in CHUNK_SIZES:
         raise KernelInputError(f"chunk_size = {chunk_size} is not supported by the Triton kernels; use one of "
                                f"{', '.join(map(str, CHUNK_SIZES))}.")

@@ -64,6 +64,16 @@ def test_triton_matches_naive(variant, shape, dtype):
     assert_close("states", states, states2, TOL[dtype]["state"])
 
 
+@pytest.mark.parametrize("K", [48, 96, 288], ids=lambda k: f"dk{k}")
+@pytest.mark.parametrize("variant", ["linear", "linear-normalized"])
+def test_triton_linear_attention_splits_key_features_into_blocks(variant, K):
+    family, qkv, opts = make_case(variant, 1, 65, 2, K, 16, initial_state=True)
+    ref = NAIVE[family](*qkv, **opts, chunk_size=32, output_states=True)
+    got = TRITON[family](*qkv, **opts, chunk_size=32, output_states=True)
+    for name, r, g in zip(("o", "final_state", "states"), ref, got):
+        assert_close(name, r, g, TOL[torch.float32]["o"])
+
+
 @pytest.mark.parametrize("family", ["linear_attn", "delta_net"])
 def test_triton_without_states_and_with_strided_inputs(family):
     variant = {"linear_attn": "linear", "delta_net": "gated-delta"}[family]
@@ -97,7 +107,7 @@ def _inputs(K=16, V=16, dtype=torch.float32):
 
 
 BAD_TRITON_INPUTS = {
-    "head-size-24": (dict(K=24), {}, "d_k = 24 cannot be tiled by the Triton kernels; supported sizes are 16"),
+    "head-size-24": (dict(K=24), {}, "d_k = 24 cannot be tiled by the Triton kernels;"),
     "value-size-8": (dict(V=8), {}, "d_v = 8 cannot be tiled"),
     "chunk-size-128": ({}, dict(chunk_size=128), "chunk_size = 128 is not supported by the Triton kernels"),
     "bfloat16": (dict(dtype=torch.bfloat16), {}, "bfloat16 is not supported by the Triton interpreter"),
@@ -113,6 +123,14 @@ def test_triton_bad_inputs_raise_one_clear_error(case, family):
     opts = opts if family == "delta_net" else {}
     with pytest.raises(KernelInputError, match=re.escape(message)):
         TRITON[family](*qkv, **opts, **call)
+
+
+@pytest.mark.parametrize("family,message", [("linear_attn", "it must be a multiple of 16"),
+                                            ("delta_net", "supported sizes are 16, 32, 64, 128")])
+def test_triton_head_size_errors_name_what_is_supported(family, message):
+    qkv, opts = _inputs(K=24)
+    with pytest.raises(KernelInputError, match=message):
+        TRITON[family](*qkv, **(opts if family == "delta_net" else {}))
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
