@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from mechkit.cli import analysis, models, patterns, retrieval
+from mechkit.cli import rhythm
 from mechkit.errors import MechkitError
 
 
@@ -49,6 +50,7 @@ app.command("validate-heads")(retrieval.validate_heads)
 app.command("attention-influence")(retrieval.attention_influence)
 app.command("find-induction-heads")(patterns.find_induction_heads)
 app.command("find-ngram-heads")(patterns.find_ngram_heads)
+app.command("attention-rhythm")(rhythm.attention_rhythm)
 
 
 def main() -> None:
