@@ -168,3 +168,25 @@ def uniform_baseline(batch: Batch, targets: TargetFn, options: PatternOptions = 
     for positions in torch.arange(batch.tokens.shape[-1]).split(block_size):
         accumulator.add(positions, uniform_rows(positions, batch.attention_mask.bool(), None, 1, torch.float64))
     return float(accumulator.scores()[0])
+
+
+def detect_head_reference(subject: Subject, texts: list[str], name: str, **options) -> Float[Tensor, "n_layers n_heads"]:
+    """TransformerLens' `detect_head` on a TransformerLens-backed Subject, prompt by prompt (the reference method
+    for tests and benchmarks).
+
+    Each prompt's cache holds only the attention patterns: `detect_head`'s own full cache fails on Gemma 3 in
+    TransformerLens 3.x (its q/k norm scale hooks cannot be cached with remove_batch_dim).
+    """
+    from transformer_lens.head_detector import detect_head
+    from transformer_lens.utils import LocallyOverridenDefaults
+
+    if subject.backend != "tl":
+        raise MechkitError(f"detect_head needs the TransformerLens backend; load {subject.model_id} with backend='tl'")
+    model, per_prompt = subject.model, []
+    for text in texts:
+        tokens = model.to_tokens(text, prepend_bos=subject.prepend_bos)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"),
+                                        remove_batch_dim=True)
+        with LocallyOverridenDefaults(model, prepend_bos=subject.prepend_bos):  # detect_head tokenizes again
+            per_prompt.append(detect_head(model, text, name, cache=cache, **options))
+    return torch.stack(per_prompt).mean(0)

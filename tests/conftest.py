@@ -48,9 +48,10 @@ def gemma_nnsight():
 
 
 CHROMIUM = "/usr/bin/chromium"
-# Page-pixel centre of cell (row, column) of the index-th plotly figure's heatmap.
+# Viewport-pixel centre of cell (row, column) of the index-th plotly figure's heatmap (scrolled into view first).
 CELL_CENTRE_JS = """([index, row, column]) => {
     const gd = document.querySelectorAll('.plotly-graph-div')[index];
+    gd.scrollIntoView({block: 'center'});
     const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
     return [box.left + xa._offset + xa.l2p(column), box.top + ya._offset + ya.l2p(row)];
 }"""

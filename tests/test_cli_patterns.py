@@ -70,3 +70,16 @@ def test_bad_options_fail_before_loading(no_load, tmp_path, args, fragments):
 def test_regbench_on_a_byte_tokenizer_is_refused(tmp_path):
     assert_one_line_error(run("find-ngram-heads", "--model", "tiny:llama", "--out", str(tmp_path / "o"), "--quiet"),
                           "one token per symbol")
+
+
+@pytest.mark.browser
+def test_induction_dashboard_renders_and_hovers(tmp_path, browser_page):
+    out = tmp_path / "ind"
+    result = run("find-induction-heads", "--model", "tiny:llama", "--seq-len", "10", "--sequences", "2",
+                 "--prefix-len", "8", "--ablate", "1", "--draws", "2", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    browser_page.open(out / "dashboard.html")
+    # figure 2 is the induction heatmap (previous_token, duplicate_token, induction, ...): hover layer 1, head 2
+    assert "L1H2" in browser_page.hover_text(2, 1, 2) and "induction" in browser_page.hover_text(2, 1, 2)
+    assert not browser_page.errors and not browser_page.failed
+    assert all(url.startswith("file://") for url in browser_page.requested)

@@ -12,6 +12,7 @@ from mechkit.probes.attention_patterns import (
     PatternAccumulator,
     PatternOptions,
     context_match_targets,
+    detect_head_reference,
     duplicate_token_targets,
     pattern_scores,
     previous_token_targets,
@@ -137,22 +138,46 @@ def test_sequences_without_any_match_are_refused():
         uniform_baseline(batch, context_match_targets(1))
 
 
-def test_scores_equal_transformer_lens_detect_head(tiny_tl):
-    from transformer_lens.head_detector import detect_head
-    from transformer_lens.utils import LocallyOverridenDefaults
+DETECT = (("previous_token_head", previous_token_targets), ("duplicate_token_head", duplicate_token_targets),
+          ("induction_head", context_match_targets(1)))
 
+
+def test_scores_equal_transformer_lens_detect_head(tiny_tl):
     texts = ["abcdefgh abcdefgh", "the cat the cat sat"]
     for text in texts:
         tl_tokens = tiny_tl.model.to_tokens(text, prepend_bos=tiny_tl.prepend_bos)
         assert tl_tokens.tolist() == tiny_tl.tokenize(text).tokens.tolist()
-    for name, fn in (("previous_token_head", previous_token_targets), ("duplicate_token_head", duplicate_token_targets),
-                     ("induction_head", context_match_targets(1))):
+    for name, fn in DETECT:
         for options in (PatternOptions(rows="all"), PatternOptions(rows="all", exclude_bos=True, exclude_current_token=True)):
             ours = pattern_scores(tiny_tl, tiny_tl.tokenize(texts), {"x": fn}, options, block_size=5, verbose=False)["x"]
-            with LocallyOverridenDefaults(tiny_tl.model, prepend_bos=tiny_tl.prepend_bos):
-                theirs = detect_head(tiny_tl.model, texts, name, exclude_bos=options.exclude_bos,
-                                     exclude_current_token=options.exclude_current_token)
+            theirs = detect_head_reference(tiny_tl, texts, name, exclude_bos=options.exclude_bos,
+                                           exclude_current_token=options.exclude_current_token)
             assert torch.allclose(ours.float(), theirs.float(), atol=1e-5), name
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("fixture", ["gemma_tl", "smollm_tl"])
+def test_agreement_with_detect_head_on_packaged_models(request, fixture):
+    """Same prompts, all heads: mechkit's default scores (rows with a pattern key) correlate >= 0.99 with
+    detect_head's; with detect_head's row choice they are equal."""
+    subject = request.getfixturevalue(fixture)
+    pool = token_pool(subject.tokenizer)
+    rng = np.random.default_rng(0)
+    random_text = subject.tokenizer.decode(rng.choice(pool, 30).tolist())
+    texts = ["The cat sat on the mat. The cat sat on the mat. The dog ran home.", f"{random_text}{random_text}",
+             "one two three four five six one two three four five six"]
+    batch = subject.tokenize(texts)
+    for name, fn in DETECT:
+        theirs = detect_head_reference(subject, texts, name).double()
+        ours = pattern_scores(subject, batch, {"x": fn}, verbose=False)["x"]
+        exact = pattern_scores(subject, batch, {"x": fn}, PatternOptions(rows="all"), verbose=False)["x"]
+        assert torch.allclose(exact, theirs, atol=1e-4), name
+        assert np.corrcoef(ours.flatten().numpy(), theirs.flatten().numpy())[0, 1] >= 0.99, name
+
+
+def test_detect_head_reference_needs_transformer_lens(tiny_nnsight):
+    with pytest.raises(MechkitError, match="TransformerLens backend"):
+        detect_head_reference(tiny_nnsight, ["ab ab"], "induction_head")
 
 
 def test_batched_scores_equal_unbatched(tiny_tl):
@@ -249,3 +274,20 @@ def test_ablation_check_records(tiny_tl):
     assert all(np.isfinite(r["loss"]) for r in records)
     with pytest.raises(MechkitError, match="k must be"):
         ablation_check(tiny_tl, result.scores["induction"], k=0)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"prefix_repeats": 1}, "repeated at least twice"),
+    ({"seq_len": 1}, "seq_len"),
+    ({"n_sequences": 0}, "n_sequences"),
+    ({"exclude_fraction": 0.5}, "exclude_fraction"),
+])
+def test_bad_induction_configs_are_refused(kwargs, fragment):
+    with pytest.raises(MechkitError, match=fragment):
+        InductionConfig(**kwargs)
+
+
+def test_vocabulary_too_small_for_prefix_matching(tiny_tl):
+    """The byte tokenizer's pool is a few hundred tokens: 400 unique tokens per sequence cannot be drawn."""
+    with pytest.raises(MechkitError, match="too few"):
+        find_induction_heads(tiny_tl, InductionConfig(seq_len=8, n_sequences=1, prefix_len=400), verbose=False)
