@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mechkit.errors import MechkitError
+from mechkit.kernels.based import chunk_based, implied_based, naive_based, taylor_features
 from mechkit.kernels.checks import KernelInputError
 from mechkit.kernels.delta_net import (
     chunk_delta_net,
@@ -33,9 +34,15 @@ VARIANTS = {
     "kaczmarz": "delta_net",
     "write-scale": "delta_net",
     "gated-kaczmarz-write-scale": "delta_net",
+    "based": "based",
+    "based-unnormalized": "based",
 }
-NAIVE = {"linear_attn": naive_linear_attn, "delta_net": naive_delta_net}
-CHUNK = {"linear_attn": chunk_linear_attn, "delta_net": chunk_delta_net}
+NAIVE = {"linear_attn": naive_linear_attn, "delta_net": naive_delta_net, "based": naive_based}
+CHUNK = {"linear_attn": chunk_linear_attn, "delta_net": chunk_delta_net, "based": chunk_based}
+IMPLIED = {"linear_attn": implied_linear_attn, "delta_net": implied_delta_net, "based": implied_based}
+# (d_k, d_v) per family; Based has 1 + d_k + d_k² features, so its d_k stays small (the Based model uses 16).
+HEAD_SIZES = {"based": [(4, 16), (8, 8), (16, 32)]}
+DEFAULT_HEAD_SIZES = [(16, 32), (32, 16), (64, 64)]
 
 # Relative RMS error vs the float64 naive recurrence. fp32 chunk/kernel paths measure 1e-7..2e-6 here (fp32
 # rounding accumulated over at most a few hundred tokens); 1e-5 leaves ~5x headroom and still catches any
@@ -69,6 +76,8 @@ def make_case(variant, B, T, H, K, V, *, dtype=torch.float32, initial_state=Fals
     opts, d_state = {}, V
     if variant == "linear-normalized":  # positive features keep the normalizer away from zero
         q, k, opts["normalize"], d_state = F.elu(q) + 1, F.elu(k) + 1, True, V + 1
+    if family == "based":
+        opts["normalize"] = variant == "based"
     if family == "delta_net":
         if "kaczmarz" in variant:  # unnormalized keys with norms spread over a factor ~20
             k = k * randn(B, T, H, 1).exp()
@@ -80,7 +89,9 @@ def make_case(variant, B, T, H, K, V, *, dtype=torch.float32, initial_state=Fals
             opts["g"] = F.logsigmoid(randn(B, T, H) + 2)
         if "write-scale" in variant:
             opts["write_scale"] = rand(H, K)
-    if initial_state:
+    if initial_state and family == "based":  # a reachable state: the one left by a random 7-token prefix
+        opts["initial_state"] = naive_based(randn(B, 7, H, K), randn(B, 7, H, K), randn(B, 7, H, V), **opts)[1]
+    elif initial_state:
         h0 = randn(B, H, K, d_state)
         opts["initial_state"] = h0.abs() if variant == "linear-normalized" else h0
     side = torch.float64 if dtype == torch.float64 else torch.float32  # beta, g, ... and h0
@@ -90,13 +101,19 @@ def make_case(variant, B, T, H, K, V, *, dtype=torch.float32, initial_state=Fals
 
 def implied(family, q, k, opts):
     opts = {name: x for name, x in opts.items() if name != "initial_state"}
-    return (implied_linear_attn if family == "linear_attn" else implied_delta_net)(q, k, **opts)
+    return IMPLIED[family](q, k, **opts)
 
 
-@pytest.mark.parametrize("initial_state", [False, True], ids=["h0=none", "h0=random"])
-@pytest.mark.parametrize("K,V", [(16, 32), (32, 16), (64, 64)], ids=["dk16-dv32", "dk32-dv16", "dk64-dv64"])
-@pytest.mark.parametrize("T", [1, 63, 65, 500], ids=lambda t: f"T={t}")
-@pytest.mark.parametrize("variant", VARIANTS)
+CHUNK_CASES = [
+    pytest.param(variant, T, K, V, h0, id=f"{variant}-T={T}-dk{K}-dv{V}-h0={'random' if h0 else 'none'}")
+    for variant, family in VARIANTS.items()
+    for T in (1, 63, 65, 500)
+    for K, V in HEAD_SIZES.get(family, DEFAULT_HEAD_SIZES)
+    for h0 in (False, True)
+]
+
+
+@pytest.mark.parametrize("variant,T,K,V,initial_state", CHUNK_CASES)
 def test_chunk_matches_naive(variant, T, K, V, initial_state):
     family, qkv, opts = make_case(variant, 1, T, 2, K, V, initial_state=initial_state)
     o, S, states = NAIVE[family](*qkv, **opts, chunk_size=32, output_states=True)
@@ -144,6 +161,17 @@ def test_implied_attention_times_v_is_the_output(variant):
     assert_close("A @ v", o, torch.einsum("bhts,bshv->bthv", A, qkv[2]), 1e-5)
     P = normalized_abs(A)
     assert (P >= 0).all() and torch.allclose(P.sum(-1), torch.ones(2, 2, 65, dtype=torch.float64))
+
+
+def test_based_implied_attention_is_a_distribution_and_matches_the_feature_map():
+    family, (q, k, _), opts = make_case("based", 1, 30, 2, 8, 8, dtype=torch.float64)
+    A = implied(family, q, k, opts)
+    lower = torch.ones(30, 30, dtype=torch.bool).tril()
+    assert (A[..., lower] > 0).all() and torch.allclose(A.sum(-1), torch.ones(1, 2, 30, dtype=torch.float64))
+    s = torch.einsum("bthk,bshk->bhts", q, k) / 8**0.5
+    fq, fk = taylor_features(q, 8**-0.5), taylor_features(k, 8**-0.5)
+    assert fq.shape[-1] == 1 + 8 + 64
+    torch.testing.assert_close(torch.einsum("bthf,bshf->bhts", fq, fk), 1 + s + s * s / 2)
 
 
 def test_delta_rule_implied_attention_is_signed_and_normalized_is_a_distribution():
@@ -205,6 +233,7 @@ BAD_INPUTS = {
     "empty-time": ("linear", {n: (lambda a, n=n: a[n][:, :0]) for n in "qkv"}, "empty dimension"),
     "h0-shape": ("delta", {"initial_state": lambda a: a["initial_state"][..., :2]}, "initial_state must have shape"),
     "h0-normalized": ("linear-normalized", {"initial_state": lambda a: a["initial_state"][..., :3]}, "d_v + 1"),
+    "h0-based": ("based", {"initial_state": lambda a: a["initial_state"][..., :3, :]}, "1 + d_k + d_k²"),
     "chunk-size": ("linear", {"chunk_size": 0}, "chunk_size must be a positive int"),
     "scale": ("linear", {"scale": "1"}, "scale must be a number"),
     "beta-above-1": ("delta", {"beta": lambda a: a["beta"] + 1}, "beta must lie in [0, 1]"),
@@ -233,7 +262,7 @@ def test_bad_inputs_raise_one_clear_error(case, impl):
     assert str(info.value).count(". ") == 0 and str(info.value).endswith(".")  # one sentence
 
 
-@pytest.mark.parametrize("variant", ["linear-normalized", "gated-kaczmarz-write-scale"])
+@pytest.mark.parametrize("variant", ["linear-normalized", "gated-kaczmarz-write-scale", "based"])
 def test_chunk_gradcheck(variant):
     family, qkv, opts = make_case(variant, 1, 5, 1, 3, 2, dtype=torch.float64, initial_state=True)
     names = [n for n, x in opts.items() if isinstance(x, torch.Tensor)]

@@ -19,12 +19,13 @@ pytest.importorskip("triton")
 
 from test_kernels import NAIVE, VARIANTS, assert_close, make_case  # noqa: E402
 
+from mechkit.kernels.based import chunk_based, triton_based  # noqa: E402
 from mechkit.kernels.checks import KernelInputError  # noqa: E402
 from mechkit.kernels.delta_net import chunk_delta_net, triton_delta_net  # noqa: E402
 from mechkit.kernels.linear_attn import chunk_linear_attn, triton_linear_attn  # noqa: E402
 
-TRITON = {"linear_attn": triton_linear_attn, "delta_net": triton_delta_net}
-CHUNK = {"linear_attn": chunk_linear_attn, "delta_net": chunk_delta_net}
+TRITON = {"linear_attn": triton_linear_attn, "delta_net": triton_delta_net, "based": triton_based}
+CHUNK = {"linear_attn": chunk_linear_attn, "delta_net": chunk_delta_net, "based": chunk_based}
 
 # Relative RMS error vs float64 naive on the same (rounded) inputs. The kernels compute in fp32 from fp32 or fp16
 # loads, so fp32 and all fp32 states measure 1e-7..1e-6 (1e-5 leaves headroom). fp16 outputs are rounded to fp16
@@ -43,6 +44,8 @@ SHAPES = [
     (500, 32, 32, 64, True),
     (500, 64, 16, 32, False),
 ]
+# Based runs the linear-attention kernel on 1 + d_k + d_k² features (zero-padded to a multiple of 16): any d_k.
+BASED_SHAPES = [(1, 8, 32, 16, False), (63, 16, 16, 32, True), (65, 5, 64, 64, False), (500, 16, 32, 64, True)]
 
 
 def shape_id(shape):
@@ -50,9 +53,15 @@ def shape_id(shape):
     return f"T={T}-dk{K}-dv{V}-C{C}-h0={'random' if h0 else 'none'}"
 
 
+TRITON_CASES = [
+    pytest.param(variant, shape, id=f"{variant}-{shape_id(shape)}")
+    for variant, family in VARIANTS.items()
+    for shape in (BASED_SHAPES if family == "based" else SHAPES)
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant,shape", TRITON_CASES)
 def test_triton_matches_naive(variant, shape, dtype):
     T, K, V, chunk_size, initial_state = shape
     family, qkv, opts = make_case(variant, 1, T, 2, K, V, dtype=dtype, initial_state=initial_state)
@@ -86,7 +95,7 @@ def test_triton_without_states_and_with_strided_inputs(family):
     assert_close("final_state", ref[1], out[1], 1e-5)
 
 
-@pytest.mark.parametrize("variant", ["linear-normalized", "gated-kaczmarz-write-scale"])
+@pytest.mark.parametrize("variant", ["linear-normalized", "gated-kaczmarz-write-scale", "based"])
 def test_triton_backward_equals_chunk_backward(variant):
     family, qkv, opts = make_case(variant, 1, 20, 1, 16, 16, initial_state=True)
     names = [n for n, x in opts.items() if isinstance(x, torch.Tensor)]
