@@ -18,13 +18,24 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from test_kernels import NAIVE, VARIANTS, assert_close, make_case  # noqa: E402
+from test_kernels_softmax import SOFTMAX_VARIANTS, make_qkv  # noqa: E402
 
 from mechkit.kernels.based import chunk_based, triton_based  # noqa: E402
 from mechkit.kernels.checks import KernelInputError  # noqa: E402
 from mechkit.kernels.delta_net import chunk_delta_net, triton_delta_net  # noqa: E402
 from mechkit.kernels.linear_attn import chunk_linear_attn, triton_linear_attn  # noqa: E402
+from mechkit.kernels.sliding_window import (  # noqa: E402
+    chunk_sliding_window_attn,
+    naive_sliding_window_attn,
+    triton_sliding_window_attn,
+)
 
-TRITON = {"linear_attn": triton_linear_attn, "delta_net": triton_delta_net, "based": triton_based}
+TRITON = {
+    "linear_attn": triton_linear_attn,
+    "delta_net": triton_delta_net,
+    "based": triton_based,
+    "sliding_window": triton_sliding_window_attn,
+}
 CHUNK = {"linear_attn": chunk_linear_attn, "delta_net": chunk_delta_net, "based": chunk_based}
 
 # Relative RMS error vs float64 naive on the same (rounded) inputs. The kernels compute in fp32 from fp32 or fp16
@@ -71,6 +82,28 @@ def test_triton_matches_naive(variant, shape, dtype):
     assert_close("o", o, o2, TOL[dtype]["o"])
     assert_close("final_state", S, S2, TOL[dtype]["state"])
     assert_close("states", states, states2, TOL[dtype]["state"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape_id(shape)[: shape_id(shape).index("-h0")])
+@pytest.mark.parametrize("variant", SOFTMAX_VARIANTS)
+def test_triton_softmax_matches_naive(variant, shape, dtype):
+    T, K, V, chunk_size, _ = shape
+    qkv = make_qkv(1, T, 2, K, V, dtype=dtype)
+    o = naive_sliding_window_attn(*qkv, **SOFTMAX_VARIANTS[variant])
+    o2 = triton_sliding_window_attn(*qkv, **SOFTMAX_VARIANTS[variant], chunk_size=chunk_size)
+    assert o2.dtype == dtype
+    assert_close("o", o, o2, TOL[dtype]["o"])
+
+
+def test_triton_softmax_backward_equals_chunk_backward():
+    def grads(fn):
+        tensors = [x.requires_grad_() for x in make_qkv(1, 40, 2, 16, 16)]
+        fn(*tensors, window=9, momentum=0.5, chunk_size=16).pow(2).sum().backward()
+        return [t.grad for t in tensors]
+
+    for name, ref, got in zip("qkv", grads(chunk_sliding_window_attn), grads(triton_sliding_window_attn)):
+        assert_close(f"grad {name}", ref, got, 1e-5)
 
 
 @pytest.mark.parametrize("K", [48, 96, 288], ids=lambda k: f"dk{k}")
@@ -124,7 +157,7 @@ BAD_TRITON_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("family", ["linear_attn", "delta_net"])
+@pytest.mark.parametrize("family", ["linear_attn", "delta_net", "sliding_window"])
 @pytest.mark.parametrize("case", BAD_TRITON_INPUTS)
 def test_triton_bad_inputs_raise_one_clear_error(case, family):
     make, call, message = BAD_TRITON_INPUTS[case]
@@ -135,7 +168,8 @@ def test_triton_bad_inputs_raise_one_clear_error(case, family):
 
 
 @pytest.mark.parametrize("family,message", [("linear_attn", "it must be a multiple of 16"),
-                                            ("delta_net", "supported sizes are 16, 32, 64, 128")])
+                                            ("delta_net", "supported sizes are 16, 32, 64, 128"),
+                                            ("sliding_window", "supported sizes are 16, 32, 64, 128")])
 def test_triton_head_size_errors_name_what_is_supported(family, message):
     qkv, opts = _inputs(K=24)
     with pytest.raises(KernelInputError, match=message):
