@@ -82,7 +82,8 @@ def test_known_answers():
 
 
 def test_momentum_scores_contain_the_previous_token_match():
-    # q̂_tᵀk̂_s = (1+γ)²q_tᵀk_s − γ(1+γ)(q_{t−1}ᵀk_s + q_tᵀk_{s−1}) + γ²q_{t−1}ᵀk_{s−1}: one layer sees the shifted match.
+    # q̂_tᵀk̂_s = (1+γ)²q_tᵀk_s − γ(1+γ)(q_{t−1}ᵀk_s + q_tᵀk_{s−1}) + γ²q_{t−1}ᵀk_{s−1}:
+    # one layer sees the match of the previous tokens.
     q, k, v = make_qkv(1, 12, 1, 8, 2, dtype=torch.float64)
     g = 0.4
     A = implied_sliding_window_attn(q, k, momentum=g, scale=1.0)
