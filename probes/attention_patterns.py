@@ -98,12 +98,14 @@ class PatternAccumulator:
 
     def add(self, query_positions: Tensor, rows: Float[Tensor, "batch head n_query key"]) -> None:
         targets = self.targets(self.batch, query_positions)
-        rows = rows.to(torch.float64) * self._kept_keys(query_positions)[:, None]
+        if self.options.exclude_bos or self.options.exclude_current_token:
+            rows = rows * self._kept_keys(query_positions)[:, None]
         real_rows = self.batch.attention_mask.bool()[:, query_positions]
         chosen = real_rows & targets.any(-1) if self.options.rows == "matched" else real_rows
-        rows = rows * chosen[:, None, :, None]
-        self.on_pattern += (rows * targets[:, None]).sum((-1, -2))
-        self.total += rows.sum((-1, -2))
+        on_row = torch.einsum("bhqk,bqk->bhq", rows, targets.to(rows.dtype))  # mass on the pattern per row
+        weight = chosen[:, None].to(torch.float64)
+        self.on_pattern += (on_row.to(torch.float64) * weight).sum(-1)
+        self.total += (rows.sum(-1).to(torch.float64) * weight).sum(-1)
 
     def _kept_keys(self, query_positions: Tensor) -> Bool[Tensor, "batch n_query key"]:
         width = self.batch.tokens.shape[-1]
