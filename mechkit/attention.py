@@ -65,23 +65,27 @@ def attention_rows_from_qk(
 ) -> Float[Tensor, "batch head n_query key"]:
     """Attention probabilities of the given query rows for all heads, computed in float32 or wider.
 
-    Rows of padding queries (no visible key) are all zero.
+    Rows of padding queries (no visible key) are all zero. Logits are computed only over the keys some query of
+    the block can see (up to the last query, and inside the window on sliding layers); the rest of each row is 0.
 
     Query head h reads key/value head h // (n_heads // n_kv_heads), as in grouped-query attention.
     """
     batch, n_query, n_heads, d_head = q_rows.shape
-    n_kv = k.shape[2]
+    n_kv, width = k.shape[2], k.shape[1]
     if n_heads % n_kv:
         raise ValueError(f"{n_heads} query heads cannot share {n_kv} key/value heads evenly")
     dtype = torch.promote_types(q_rows.dtype, torch.float32)
+    allowed = visible_keys(query_positions.to(k.device), key_mask.to(k.device), rule.window)
+    lo = 0 if rule.window is None or not n_query else max(int(query_positions.min()) - rule.window + 1, 0)
+    hi = int(query_positions.max()) + 1 if n_query else 0
     q = q_rows.to(dtype).reshape(batch, n_query, n_kv, n_heads // n_kv, d_head)
-    logits = torch.einsum("bqkgd,btkd->bkgqt", q, k.to(dtype)) * rule.scale
+    logits = torch.einsum("bqkgd,btkd->bkgqt", q, k[:, lo:hi].to(dtype)) * rule.scale
     if rule.softcap is not None:
         logits = torch.tanh(logits / rule.softcap) * rule.softcap
-    allowed = visible_keys(query_positions.to(k.device), key_mask.to(k.device), rule.window)
-    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-    rows = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a padding query sees no key: its row is all zero
-    return rows.reshape(batch, n_heads, n_query, -1)
+    logits = logits.masked_fill(~allowed[:, None, None, :, lo:hi], float("-inf"))
+    rows = torch.zeros(batch, n_kv, n_heads // n_kv, n_query, width, dtype=dtype, device=k.device)
+    rows[..., lo:hi] = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a padding query sees no key: all zero
+    return rows.reshape(batch, n_heads, n_query, width)
 
 
 def uniform_rows(
