@@ -216,8 +216,8 @@ def ablation_check(
     vs k random heads from outside the top k (`n_draws` draws), vs no ablation.
 
     Mean ablation replaces a head's z by its mean over the evaluated tokens. Records: {"kind": "none" | "top" |
-    "random", "draw", "heads", "loss"} with loss the mean next-token cross-entropy (nats) over predictions of
-    second-half tokens.
+    "random", "draw", "heads", "loss", "loss_first_half"}: mean next-token cross-entropy (nats) over predictions
+    of second-half tokens, and of first-half tokens (random, so unpredictable: the no-induction reference).
     """
     n_all = subject.n_layers * subject.n_heads
     if not 1 <= k < n_all:
@@ -231,7 +231,8 @@ def ablation_check(
     records = []
     for kind, draw, heads in tqdm(settings, desc="ablation", disable=not verbose):
         interventions = [HeadAblation(heads, mode="mean")] if heads else []
-        losses = subject.token_losses(batch, interventions)  # [batch, pos - 1]: loss predicting token p + 1
-        loss = float(losses[:, start - 1:].float().mean())
-        records.append({"kind": kind, "draw": draw, "heads": [h.label for h in heads], "loss": loss})
+        losses = subject.token_losses(batch, interventions).float()  # [batch, pos - 1]: loss predicting token p + 1
+        records.append({"kind": kind, "draw": draw, "heads": [h.label for h in heads],
+                        "loss": float(losses[:, start - 1:].mean()),
+                        "loss_first_half": float(losses[:, :start - 1].nanmean())})
     return records

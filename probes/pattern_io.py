@@ -23,7 +23,7 @@ from mechkit.viz import ablation_figure, dashboard_html, head_heatmap, top_heads
 
 SCORES_CSV, SUMMARY_JSON, DASHBOARD = "scores.csv", "summary.json", "dashboard.html"
 ABLATION_JSON, ABLATION_CSV = "ablation.json", "ablation.csv"
-ABLATION_KEYS = ("kind", "draw", "heads", "loss")
+ABLATION_KEYS = ("kind", "draw", "heads", "loss", "loss_first_half")
 
 
 def summary_lines(scores: dict[str, HeadScores], baselines: dict[str, float], threshold: float | None = None,
@@ -46,7 +46,8 @@ def ablation_lines(records: list[dict]) -> list[str]:
     top = next(r for r in records if r["kind"] == "top")
     return [f"ablation (loss on the repeated half, nats): none {pick['none'][0]:.3f}, top {len(top['heads'])} "
             f"heads {pick['top'][0]:.3f}, random {np.mean(pick['random']):.3f} ± {np.std(pick['random']):.3f} "
-            f"({len(pick['random'])} draws)"]
+            f"({len(pick['random'])} draws); first (unrepeated) half, no ablation "
+            f"{records[0]['loss_first_half']:.3f}"]
 
 
 def write_score_set(out_dir: str | os.PathLike, title: str, scores: dict[str, HeadScores],
