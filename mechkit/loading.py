@@ -45,8 +45,6 @@ def _source(model_id: str, dtype: torch.dtype):
     if model_id.startswith("tiny:"):
         model, tokenizer = tiny_model(model_id.split(":", 1)[1], dtype=dtype)
         return model, tokenizer, None, True, None
-    if model_id.startswith("native:"):
-        raise UnknownModelError(f"no native model {model_id!r} is shipped yet; see `mechkit models list`")
     if model_id in REGISTRY:
         spec = get_spec(model_id)
         directory = model_dir(model_id)
@@ -101,7 +99,7 @@ def load(
     dtype: str | torch.dtype = "float32",
 ) -> Subject:
     """Load `model_id` (a registered id, a local HF directory, a hub name already in the local Hugging Face
-    cache, or tiny:<name>) as a Subject.
+    cache, tiny:<name>, or native:<zoo name or checkpoint directory>) as a Subject.
 
     backend "auto" uses TransformerLens when it can convert the model exactly (checked on a short input at
     load time) and nnsight over the Hugging Face model otherwise. Never contacts a model hub.
@@ -109,6 +107,12 @@ def load(
     if backend not in BACKENDS:
         raise MechkitError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     dtype = parse_dtype(dtype)
+    if model_id.startswith("native:"):
+        if backend != "auto":
+            raise MechkitError(f"{model_id} runs on mechkit's native backend; call load with backend='auto'")
+        from mechkit.backends.native import load_native
+
+        return load_native(model_id.split(":", 1)[1], device=device, dtype=dtype)
     hf_model, tokenizer, tl_name, prepend_bos, sha = _source(model_id, dtype)
     hf_model = hf_model.to(device)
     common = dict(model_id=model_id, config=hf_model.config, tokenizer=tokenizer, prepend_bos=prepend_bos,
