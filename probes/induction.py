@@ -101,13 +101,15 @@ def copy_share(
 
 def copying_scores(subject: Subject, batch: Batch, block_size: int = 256, verbose: bool = True
                    ) -> Float[Tensor, "n_layers n_heads"]:
-    """Copying score of every head on `batch` (sequences of unique tokens; BOS allowed).
+    """Copying score of every head on `batch` (e.g. unique tokens repeated, so that heads attend to real tokens).
 
-    At each query j >= 1 a head attends most to some key s. Its OV output from s's value, read through the
-    unembedding (`Subject.W_U`), gives a logit boost to each token of the prefix x_0..x_j; the boosts are
-    centred on their prefix mean and clipped at zero, and the score at j is the attended token's share of the
-    positive boost. Mean over queries and sequences. Uses s's own value (not the query's, the quirk of the
-    reference implementation) and the direct path only (norms after the head are not applied).
+    At each query j a head attends most to some key s. Its OV output from s's value, read through the
+    unembedding (`Subject.W_U`), gives a logit boost to each distinct token of the prefix x_0..x_j; the boosts
+    are centred on their mean and clipped at zero, and the score at j is the share of the positive boost that
+    goes to s's token. Mean over queries and sequences, skipping queries whose most-attended key is BOS (the
+    attention sink: nothing is copied there); NaN for a head that always sinks. Uses s's own value (not the
+    query's, the quirk of the reference implementation) and the direct path only (norms after the head are not
+    applied).
     """
     argmax: dict[int, list[Tensor]] = {}
     for layer, _, rows in tqdm(subject.iter_attention_blocks(batch, block_size=block_size),
@@ -115,12 +117,15 @@ def copying_scores(subject: Subject, batch: Batch, block_size: int = 256, verbos
         argmax.setdefault(layer, []).append(rows.argmax(-1).cpu())
     names = [f"blocks.{layer}.attn.hook_v" for layer in range(subject.n_layers)]
     _, cache = subject.run_with_cache(batch, names_filter=names, last_only=True)
-    tokens = batch.tokens
+    tokens, real = batch.tokens, batch.attention_mask.bool()
     W_U = subject.W_U
-    readout = W_U[:, tokens.to(W_U.device)].permute(1, 0, 2)  # [batch, d_model, pos]: logits of each position's token
+    readout = W_U[:, tokens.to(W_U.device)].permute(1, 0, 2).cpu()  # [batch, d_model, pos]: logit of each pos's token
     width = tokens.shape[-1]
-    prefix = torch.tril(torch.ones(width, width, dtype=torch.bool))  # [query, key position] in the prefix
-    real = batch.attention_mask.bool()
+    same = (tokens[:, :, None] == tokens[:, None, :]) & real[:, :, None] & real[:, None, :]
+    first = same.int().argmax(-1)  # [batch, pos]: where each position's token first occurs
+    distinct = first == torch.arange(width)[None]
+    allowed = torch.tril(torch.ones(width, width, dtype=torch.bool))[None, None] & (distinct & real)[:, None, None, :]
+    sink = (real.cumsum(-1) == 1) & real & subject.prepend_bos  # the BOS position of each row, if any
     group = subject.n_heads // subject.n_kv_heads
     scores = torch.full((subject.n_layers, subject.n_heads), float("nan"), dtype=torch.float64)
     for layer in range(subject.n_layers):
@@ -128,12 +133,11 @@ def copying_scores(subject: Subject, batch: Batch, block_size: int = 256, verbos
         v = cache[names[layer]].float().cpu().repeat_interleave(group, dim=2)  # [batch, pos, head, d_head]
         v_source = torch.gather(v.permute(0, 2, 1, 3), 2, source[..., None].expand(-1, -1, -1, v.shape[-1]))
         out = torch.einsum("bhqd,hdm->bhqm", v_source, subject.W_O(layer).float().cpu())
-        boosts = torch.einsum("bhqm,bmp->bhqp", out, readout.cpu())  # [batch, head, query, prefix position]
-        share = copy_share(boosts, prefix[None, None] & real[:, None, None, :], source)
-        queries = real.clone()
-        queries[:, 0] = False
-        queries &= real.cumsum(-1) > 1  # a row's first real token has nothing before it to copy
-        scores[layer] = (share * queries[:, None]).sum((0, 2)) / queries.sum()
+        boosts = torch.einsum("bhqm,bmp->bhqp", out, readout)  # [batch, head, query, prefix position]
+        share = copy_share(boosts, allowed, torch.gather(first[:, None].expand_as(source), 2, source))
+        counted = real[:, None] & ~torch.gather(sink[:, None].expand_as(source), 2, source)
+        n = counted.sum((0, 2))
+        scores[layer] = torch.where(n > 0, (share * counted).sum((0, 2)) / n.clamp(min=1), float("nan"))
     return scores
 
 
@@ -141,7 +145,7 @@ def copying_scores(subject: Subject, batch: Batch, block_size: int = 256, verbos
 class InductionConfig:
     """seq_len / n_sequences: the repeated random sequences (ARENA: 50, 10). prefix_len / prefix_repeats /
     exclude_fraction: Olsson's prefix-matching sequences (25 unique tokens, 4 repeats, 4% dropped at each end of
-    the pool). copying: also compute copying scores (on unique-token sequences of prefix_len * prefix_repeats)."""
+    the pool). copying: also compute copying scores (on the prefix-matching sequences)."""
 
     seq_len: int = 50
     n_sequences: int = 10
@@ -193,9 +197,7 @@ def find_induction_heads(subject: Subject, config: InductionConfig = InductionCo
     baselines = {name: uniform_baseline(repeated, fn) for name, fn in INDUCTION_PATTERNS.items()}
     baselines["prefix_matching"] = uniform_baseline(olsson, context_match_targets(1))
     if config.copying:
-        single = random_token_batch(subject, config.prefix_len * config.prefix_repeats, config.n_sequences, 1,
-                                    olsson_pool, config.seed + 2, unique=True)
-        raw["copying"] = copying_scores(subject, single, config.block_size, verbose)
+        raw["copying"] = copying_scores(subject, olsson, config.block_size, verbose)
     settings = config.to_dict()
     scores = {name: HeadScores(values.float(), metric=name, model=subject.model_id, n_items=config.n_sequences,
                                seed=config.seed, config=settings) for name, values in raw.items()}

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import mechkit
+
 from mechkit.batch import Batch
 from mechkit.errors import MechkitError
 from mechkit.probes.attention_patterns import (
@@ -237,6 +239,35 @@ def test_copy_share_known_answers():
     share = copy_share(boosts, allowed, torch.tensor([0, 0, 0]))
     assert share.tolist() == [1.0, 0.5, 0.0]
     assert copy_share(boosts, allowed, torch.tensor([1, 3, 1])).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_hand_built_copying_head_scores_one():
+    """Layer 0 head 0 made a perfect copier: 8 tokens embedded one-hot in dims 0..7, its OV circuit the identity
+    on dims 0..15, the unembedding reading the same one-hot dims (BOS zero there). Whatever it attends to, its
+    boost goes only to the attended token, so its score is exactly 1."""
+    subject = mechkit.load("tiny:llama", backend="tl")  # a fresh copy: the weights are edited
+    model, ids = subject.model, list(range(100, 108))
+    bos = subject.tokenizer.bos_token_id
+    with torch.no_grad():
+        for i, token in enumerate(ids):
+            model.W_E[token] = 0.0
+            model.W_E[token, i] = 1.0
+        model.W_E[bos, :16] = 0.0
+        model.blocks[0].ln1.w[:16] = 1.0
+        model.ln_final.w[:16] = 1.0
+        attn = model.blocks[0].attn
+        attn._W_V[0] = 0.0
+        attn._W_V[0, :16, :16] = torch.eye(16)
+        attn._b_V[0] = 0.0
+        attn.W_O[0] = 0.0
+        attn.W_O[0, :16, :16] = torch.eye(16)
+        model.W_U[:16] = 0.0
+        for i, token in enumerate(ids):
+            model.W_U[i, token] = 1.0
+    tokens = torch.tensor([[bos] + ids * 2, [bos] + ids[::-1] * 2])
+    scores = copying_scores(subject, Batch(tokens, torch.ones_like(tokens)), verbose=False)
+    assert scores[0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    assert (scores[~scores.isnan()] < 1.0 - 1e-3).sum() >= scores[~scores.isnan()].numel() - 2
 
 
 def test_copying_scores_are_shares(tiny_tl):
