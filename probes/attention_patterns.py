@@ -26,14 +26,16 @@ from mechkit.subject import Subject
 TargetFn = Callable[[Batch, Tensor], Bool[Tensor, "batch n_query key"]]
 
 
-def previous_token_targets(batch: Batch, query_positions: Int[Tensor, " n_query"]) -> Bool[Tensor, "batch n_query key"]:
+def previous_token_targets(batch: Batch, query_positions: Int[Tensor, " n_query"]
+                           ) -> Bool[Tensor, "batch n_query key"]:
     """Key t-1 for query t (both real tokens)."""
     keys = torch.arange(batch.tokens.shape[-1], device=query_positions.device)
     targets = keys[None, None, :] == query_positions[None, :, None] - 1
     return targets & _real_pairs(batch, query_positions)
 
 
-def duplicate_token_targets(batch: Batch, query_positions: Int[Tensor, " n_query"]) -> Bool[Tensor, "batch n_query key"]:
+def duplicate_token_targets(batch: Batch, query_positions: Int[Tensor, " n_query"]
+                            ) -> Bool[Tensor, "batch n_query key"]:
     """Keys s < t holding the same token as query t."""
     keys = torch.arange(batch.tokens.shape[-1], device=query_positions.device)
     same = batch.tokens[:, query_positions, None] == batch.tokens[:, None, :]
@@ -172,7 +174,8 @@ def uniform_baseline(batch: Batch, targets: TargetFn, options: PatternOptions = 
     return float(accumulator.scores()[0])
 
 
-def detect_head_reference(subject: Subject, texts: list[str], name: str, **options) -> Float[Tensor, "n_layers n_heads"]:
+def detect_head_reference(subject: Subject, texts: list[str], name: str, **options
+                          ) -> Float[Tensor, "n_layers n_heads"]:
     """TransformerLens' `detect_head` on a TransformerLens-backed Subject, prompt by prompt (the reference method
     for tests and benchmarks).
 

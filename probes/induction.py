@@ -23,7 +23,6 @@ from mechkit.errors import MechkitError
 from mechkit.heads import HeadId, random_heads
 from mechkit.interventions import HeadAblation
 from mechkit.probes.attention_patterns import (
-    PatternOptions,
     context_match_targets,
     duplicate_token_targets,
     pattern_scores,

@@ -43,7 +43,8 @@ def symbol_token_ids(subject: Subject) -> list[int]:
         pieces = subject.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(pieces) != 1:
             raise MechkitError(f"{subject.model_id} splits the REGBENCH symbol {text!r} into {len(pieces)} tokens; "
-                               "n-gram scores on REGBENCH need one token per symbol, so score a text file instead (--data FILE)")
+                               "n-gram scores on REGBENCH need one token per symbol, so score a text file instead "
+                               "(--data FILE)")
         ids.append(pieces[0])
     return ids
 

@@ -94,7 +94,8 @@ def run_induction_scan(subject: Subject, config: InductionConfig, out_dir: str |
         ablation = ablation_check(subject, result.scores["induction"], k, n_draws, config.seq_len,
                                   config.n_sequences, config.seed, verbose)
     recorded = {**config.to_dict(), **(run_info or {"backend": subject.backend})}
-    notes = summary_lines(result.scores, result.baselines, config.threshold) + (ablation_lines(ablation) if ablation else [])
+    notes = summary_lines(result.scores, result.baselines, config.threshold)
+    notes += ablation_lines(ablation) if ablation else []
     write_score_set(out, f"Induction-family heads: {subject.model_id}", result.scores, result.baselines, subject,
                     recorded, config.seed, ablation, notes)
     return result.scores, result.baselines, ablation

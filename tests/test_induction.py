@@ -77,7 +77,8 @@ def test_uniform_attention_scores_the_uniform_baseline():
     assert score_of(uniform, batch, context_match_targets(1)) == pytest.approx(expected, abs=1e-12)
     assert uniform_baseline(batch, context_match_targets(1)) == pytest.approx(expected, abs=1e-12)
     # previous-token: rows 1..12, row q has 1 of q + 1 keys on the pattern.
-    assert uniform_baseline(batch, previous_token_targets) == pytest.approx(np.mean([1 / (q + 1) for q in range(1, 13)]))
+    expected = float(np.mean([1 / (q + 1) for q in range(1, 13)]))
+    assert uniform_baseline(batch, previous_token_targets) == pytest.approx(expected)
 
 
 def test_all_rows_option_matches_detect_heads_dilution():
@@ -150,8 +151,10 @@ def test_scores_equal_transformer_lens_detect_head(tiny_tl):
         tl_tokens = tiny_tl.model.to_tokens(text, prepend_bos=tiny_tl.prepend_bos)
         assert tl_tokens.tolist() == tiny_tl.tokenize(text).tokens.tolist()
     for name, fn in DETECT:
-        for options in (PatternOptions(rows="all"), PatternOptions(rows="all", exclude_bos=True, exclude_current_token=True)):
-            ours = pattern_scores(tiny_tl, tiny_tl.tokenize(texts), {"x": fn}, options, block_size=5, verbose=False)["x"]
+        excluding = PatternOptions(rows="all", exclude_bos=True, exclude_current_token=True)
+        for options in (PatternOptions(rows="all"), excluding):
+            batch = tiny_tl.tokenize(texts)
+            ours = pattern_scores(tiny_tl, batch, {"x": fn}, options, block_size=5, verbose=False)["x"]
             theirs = detect_head_reference(tiny_tl, texts, name, exclude_bos=options.exclude_bos,
                                            exclude_current_token=options.exclude_current_token)
             assert torch.allclose(ours.float(), theirs.float(), atol=1e-5), name
