@@ -13,12 +13,12 @@ from mechkit.errors import MechkitError
 from mechkit.kernels.delta_net import naive_delta_net
 from mechkit.native import MIXERS, NativeConfig, NativeModel, run_with_state_edit
 
-RECURRENT = [name for name in MIXERS if name != "softmax"]
+RECURRENT = [name for name, mixer in MIXERS.items() if mixer.recurrent]
 
 
 def tiny(mixers, **kwargs) -> NativeModel:
     settings = dict(vocab_size=40, d_model=32, n_heads=2, d_head=16, feature_dim=4, chunk_size=8, d_mlp=32,
-                    context_length=64)
+                    context_length=64, window=5)
     return NativeModel(NativeConfig(mixers=tuple(mixers), **{**settings, **kwargs})).eval()
 
 
@@ -112,6 +112,15 @@ def test_pieces_continue_exactly(mixer):
     cache = model.new_cache()
     pieces = [model(x[:, :11], cache=cache), model(x[:, 11:12], cache=cache), model(x[:, 12:], cache=cache)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), model(x), atol=2e-5, rtol=1e-4)
+
+
+def test_sliding_window_pattern_stays_in_the_window():
+    model = tiny(["sliding_window"])
+    _, cache = run_cached(model, tokens(width=20), ["blocks.0.attn.hook_pattern"])
+    A = cache["blocks.0.attn.hook_pattern"]
+    distance = torch.arange(20)[:, None] - torch.arange(20)[None, :]
+    assert A[..., (distance < 0) | (distance >= 5)].abs().max() == 0
+    torch.testing.assert_close(A.sum(-1), torch.ones(2, 2, 20))
 
 
 def test_hook_state_matches_the_naive_recurrence():

@@ -35,8 +35,9 @@ BATCH = Batch(torch.randint(0, 48, (2, 21), generator=torch.Generator().manual_s
               torch.ones(2, 21, dtype=torch.long))
 
 
-def test_softmax_rows_equal_hook_pattern():
-    sub = subject()
+@pytest.mark.parametrize("mixer", ["softmax", "sliding_window"])
+def test_softmax_rows_equal_hook_pattern(mixer):
+    sub = subject((mixer, "delta_net"), window=6)
     torch.testing.assert_close(sub.attention_rows(BATCH, 0, torch.arange(21)), pattern(sub, BATCH, 0))
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from mechkit.attention import attention_rows_from_qk
+from mechkit.attention import AttentionRule, attention_rows_from_qk
 from mechkit.batch import Batch
 from mechkit.errors import MechkitError, UnknownModelError
 from mechkit.kernels.implied import normalized_abs
@@ -45,6 +45,8 @@ class NativeSubject(Subject):
                          prepend_bos=False, weights_sha256=weights_sha256)
         self.config = cfg
         self.model = model.eval()
+        self._rules = [block.attn.rule if not block.attn.recurrent else AttentionRule(scale=cfg.d_head**-0.5)
+                       for block in model.blocks]
 
     @property
     def hook_names(self) -> list[str]:

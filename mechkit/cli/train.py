@@ -26,15 +26,17 @@ def _mixers(spec: str, layers: int | None) -> tuple[str, ...]:
 
 def train(
     task: str = typer.Option("mqar", "--task", help="mqar, induction (repeated random tokens) or regbench."),
-    mixer: str = typer.Option("softmax", "--mixer", help="One mixer for every layer (softmax, linear, "
-                              "linear_normalized, based, delta_net, gated_delta_net, kaczmarz), or one per layer "
-                              "separated by commas, e.g. based,softmax."),
+    mixer: str = typer.Option("softmax", "--mixer", help="One mixer for every layer (softmax, sliding_window, "
+                              "linear, linear_normalized, based, delta_net, gated_delta_net, kaczmarz), or one per "
+                              "layer separated by commas, e.g. based,sliding_window."),
     layers: int | None = typer.Option(None, "--layers", min=1, show_default=False, help="Layers (default 2, or "
                                       "the length of a --mixer list)."),
     d_model: int = typer.Option(64, "--d-model", min=1, help="Residual stream width."),
     heads: int = typer.Option(1, "--heads", min=1, help="Heads per layer."),
     d_mlp: int = typer.Option(0, "--d-mlp", min=0, help="MLP width (0: attention-only blocks, as Zoology's MQAR)."),
     feature_dim: int = typer.Option(16, "--feature-dim", min=1, help="Based q/k width per head."),
+    window: int = typer.Option(64, "--window", min=1, help="Keys a sliding_window layer sees (its own "
+                               "included)."),
     seq_len: int = typer.Option(128, "--seq-len", min=2, help="Tokens per training sequence (the context length)."),
     kv_pairs: int = typer.Option(8, "--kv-pairs", min=1, help="MQAR key-value pairs per sequence."),
     vocab: int = typer.Option(256, "--vocab", min=2, help="Vocabulary of mqar and induction (regbench has 20)."),
@@ -55,8 +57,8 @@ def train(
     """Train a native model and print its run directory and final test accuracy."""
     config = TrainConfig(
         out=str(out), task=task, mixers=_mixers(mixer, layers), d_model=d_model, n_heads=heads, d_mlp=d_mlp,
-        feature_dim=feature_dim, seq_len=seq_len, kv_pairs=kv_pairs, vocab_size=vocab, n_train=n_train,
-        n_test=n_test, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+        feature_dim=feature_dim, window=window, seq_len=seq_len, kv_pairs=kv_pairs, vocab_size=vocab,
+        n_train=n_train, n_test=n_test, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
         target_accuracy=target_accuracy, kernel=kernel, seed=seed)
     directory = train_model(config, verbose=not quiet)
     metrics = read_config(directory)["metrics"]

@@ -18,6 +18,7 @@ class NativeConfig:
     ngram_orders: static n-gram layers (`mechkit.probes.ngram.NgramLayer`) added to the embedding, one per order.
     short_conv: kernel size of the causal depthwise convolution (+ SiLU) on q, k, v of recurrent mixers; 0: none.
     feature_dim: q/k width per head of Based mixers (the state has 1 + f + f² rows).
+    window: keys a sliding_window layer's query sees (its own included).
     chunk_size: tokens per kernel chunk (hook_state holds the state entering each chunk).
     kernel: "chunk" (PyTorch, CPU and GPU), "triton" (GPU, or CPU with TRITON_INTERPRET=1) or "naive" (float64
     token loop); all compute the same function.
@@ -34,6 +35,7 @@ class NativeConfig:
     ngram_orders: tuple[int, ...] = ()
     short_conv: int = 4
     feature_dim: int = 16
+    window: int = 64
     chunk_size: int = 64
     kernel: str = "chunk"
     rotary_base: float = 10_000.0
@@ -49,7 +51,8 @@ class NativeConfig:
         if not self.mixers or unknown:
             raise MechkitError(f"mixers {list(self.mixers)} must be a non-empty list of {', '.join(MIXERS)}; "
                                f"unknown: {unknown}")
-        for name in ("vocab_size", "d_model", "n_heads", "d_head", "context_length", "feature_dim", "chunk_size"):
+        for name in ("vocab_size", "d_model", "n_heads", "d_head", "context_length", "feature_dim", "window",
+                     "chunk_size"):
             if getattr(self, name) < 1:
                 raise MechkitError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.d_mlp < 0 or self.short_conv < 0 or any(order < 1 for order in self.ngram_orders):

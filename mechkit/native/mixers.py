@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from mechkit.native.delta import DeltaNet, GatedDeltaNet, Kaczmarz
 from mechkit.native.linear import BasedAttention, LinearAttention, NormalizedLinearAttention
-from mechkit.native.softmax import SoftmaxAttention
+from mechkit.native.softmax import SlidingWindowAttention, SoftmaxAttention
 
 MIXERS = {
     "softmax": SoftmaxAttention,
+    "sliding_window": SlidingWindowAttention,
     "linear": LinearAttention,
     "linear_normalized": NormalizedLinearAttention,
     "based": BasedAttention,

@@ -1,4 +1,4 @@
-"""Softmax attention with rotary positions: the mixer of a plain Transformer layer."""
+"""Softmax attention with rotary positions (the mixer of a plain Transformer layer), optionally in a sliding window."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from mechkit.attention import AttentionRule, attention_rows_from_qk
+from mechkit.attention import AttentionRule, attention_rows_from_qk, visible_keys
 from mechkit.errors import MechkitError
 from mechkit.native.cache import Segment
 from mechkit.native.config import NativeConfig
@@ -26,13 +26,13 @@ class SoftmaxAttention(nn.Module):
 
     recurrent = False
 
-    def __init__(self, config: NativeConfig):
+    def __init__(self, config: NativeConfig, window: int | None = None):
         super().__init__()
         if config.d_head % 2:
             raise MechkitError(f"softmax layers need an even d_head for rotary positions, got {config.d_head}")
         H, D = config.n_heads, config.d_head
         self.n_heads, self.d_head, self.base = H, D, config.rotary_base
-        self.rule = AttentionRule(scale=D**-0.5)
+        self.rule = AttentionRule(scale=D**-0.5, window=window)
         self.W_Q, self.W_K, self.W_V = (nn.Linear(config.d_model, H * D, bias=False) for _ in range(3))
         self.W_O = nn.Linear(H * D, config.d_model, bias=False)
         for name in ("q", "k", "v", "rot_q", "rot_k", "pattern", "z"):
@@ -57,6 +57,18 @@ class SoftmaxAttention(nn.Module):
             pattern = self.hook_pattern(attention_rows_from_qk(q, k, queries, key_mask, self.rule))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern.to(v.dtype), v)
         else:
+            mask = None
+            if self.rule.window is not None:
+                every_key = torch.ones(1, T, dtype=torch.bool, device=x.device)
+                mask = visible_keys(torch.arange(T, device=x.device), every_key, self.rule.window)[0]
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True, scale=self.rule.scale).transpose(1, 2)
+                                               attn_mask=mask, is_causal=mask is None,
+                                               scale=self.rule.scale).transpose(1, 2)
         return self.W_O(self.hook_z(z).reshape(B, T, -1))
+
+
+class SlidingWindowAttention(SoftmaxAttention):
+    """Softmax attention over the last `config.window` tokens, its own included (Based's hybrid partner)."""
+
+    def __init__(self, config: NativeConfig):
+        super().__init__(config, window=config.window)

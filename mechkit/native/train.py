@@ -47,6 +47,7 @@ class TrainConfig:
     d_head: int | None = None
     d_mlp: int = 0
     feature_dim: int = 16
+    window: int = 64
     short_conv: int = 4
     chunk_size: int = 64
     kernel: str = "chunk"
@@ -89,7 +90,7 @@ class TrainConfig:
             vocab_size=vocab_size, mixers=self.mixers, d_model=self.d_model, n_heads=self.n_heads,
             d_head=self.d_head or self.d_model // self.n_heads, context_length=self.seq_len, d_mlp=self.d_mlp,
             ngram_orders=self.ngram_orders, short_conv=self.short_conv, feature_dim=self.feature_dim,
-            chunk_size=self.chunk_size, kernel=self.kernel, token_names=token_names)
+            window=self.window, chunk_size=self.chunk_size, kernel=self.kernel, token_names=token_names)
 
 
 def _previous(config: TrainConfig) -> dict | None:
