@@ -82,6 +82,7 @@ def _band(query_positions: Tensor, key_positions: Tensor, h_lo: int, h_hi: int) 
 def _band_sums(rows: Float[Tensor, "*batch query key"], query_positions: Tensor, key_positions: Tensor, h_lo: int,
                h_hi: int) -> Float[Tensor, "*batch n_keys"]:
     """Σ_t rows[t, s] over the rows t with h_lo ≤ t − s ≤ h_hi, for each s in key_positions."""
+    query_positions, key_positions = query_positions.to(rows.device), key_positions.to(rows.device)
     band = _band(query_positions, key_positions, h_lo, h_hi).to(rows.dtype)
     return (rows[..., key_positions] * band).sum(-2)
 
@@ -221,7 +222,8 @@ def _response_rows(batch: Batch, n_response: Tensor) -> tuple[Tensor, Tensor]:
     return positions, positions[None] >= (width - n_response)[:, None]
 
 
-def _span_sums(subject: Subject, batch: Batch, n_response: Tensor, block_size: int) -> Float[Tensor, "L H"]:
+def _span_sums(subject: Subject, batch: Batch, n_response: Tensor, block_size: int
+               ) -> Float[Tensor, "n_layers n_heads"]:
     """Σ over the batch's response rows t of Σ_s A[t, s](t − s), per head (pass 1)."""
     positions, valid = _response_rows(batch, n_response)
     sums = torch.zeros(subject.n_layers, subject.n_heads, dtype=torch.float64)
@@ -231,7 +233,7 @@ def _span_sums(subject: Subject, batch: Batch, n_response: Tensor, block_size: i
     return sums
 
 
-def _head_weights(subject: Subject, heads: Sequence[HeadId]) -> Float[Tensor, "L H"]:
+def _head_weights(subject: Subject, heads: Sequence[HeadId]) -> Float[Tensor, "n_layers n_heads"]:
     weights = torch.zeros(subject.n_layers, subject.n_heads, dtype=torch.float64)
     for head in heads:
         weights[head.layer, head.head] = 1.0 / len(heads)
@@ -253,11 +255,12 @@ def _rhythm_batch(subject: Subject, batch: Batch, n_response: Tensor, local: Ten
             waad_sum[:, block - first] += torch.einsum("bhq,h->bq", per_head.double().cpu(), local[layer])
         if glob[layer].any():
             mean_rows = torch.einsum("bhqk,h->bqk", rows, glob[layer].to(rows))
-            band = _band_sums(mean_rows, block, positions.to(rows.device), config.h_lo, config.h_hi)
+            band = _band_sums(mean_rows, block, positions, config.h_lo, config.h_hi)
             fai_sum += band.double().cpu()
     counts = _band(positions, positions, config.h_lo, config.h_hi).sum(0).double()
     logits = subject.run_with_hooks(batch)[:, first:]
-    return waad_sum, fai_sum / counts, next_token_entropy(logits).double().cpu()
+    entropy = torch.cat([next_token_entropy(chunk) for chunk in logits.split(32, dim=1)], dim=1)  # bounded memory
+    return waad_sum, fai_sum / counts, entropy.double().cpu()
 
 
 def _batches(subject: Subject, sequences: list[list[int]], n_response: list[int], batch_size: int):
@@ -271,10 +274,11 @@ def measure_responses(subject: Subject, prompts: Sequence[Sequence[int]], respon
                       config: RhythmConfig, batch_size: int = 1, block_size: int = 256, verbose: bool = True
                       ) -> RhythmResult:
     """Spans, head split, WAAD / FAI / entropy per response token, preplan and anchor tokens, and the coupling
-    statistics, for given prompt + response token ids (one forward pass per pass over prompt + response).
+    statistics, for given prompt + response token ids (each response follows its prompt).
 
-    Pass 1 streams every layer's response rows to the pooled spans (mean over all response rows); pass 2 streams
-    the layers of the local and global heads again and keeps only WAAD per row and FAI sums per key."""
+    Pass 1 streams every layer's response rows to the pooled spans (mean over all response rows of all pairs);
+    pass 2 streams the layers of the local and global heads again and keeps only WAAD per row and FAI sums per
+    key; one more forward pass gives the logits for the entropies."""
     if len(prompts) != len(responses) or not responses:
         raise MechkitError(f"got {len(prompts)} prompts and {len(responses)} responses; pass one prompt per response")
     for i, response in enumerate(responses):
