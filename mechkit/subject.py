@@ -97,6 +97,13 @@ class Subject:
         return batch
 
     @property
+    def bos_prefix(self) -> list[int]:
+        """[BOS id] when this model's inputs start with BOS (`prepend_bos` and the tokenizer has one), else []:
+        what to put before token ids a probe builds itself."""
+        bos = self.tokenizer.bos_token_id
+        return [bos] if self.prepend_bos and bos is not None else []
+
+    @property
     def pad_id(self) -> int:
         tok = self.tokenizer
         for candidate in (tok.pad_token_id, tok.eos_token_id, 0):

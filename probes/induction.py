@@ -74,7 +74,7 @@ def random_token_batch(
         raise MechkitError(f"the token pool has {len(pool)} tokens, too few for {seq_len} unique tokens per "
                            "sequence; lower the sequence length or the excluded fraction")
     rng = np.random.default_rng(seed)
-    bos = [subject.tokenizer.bos_token_id] if subject.prepend_bos and subject.tokenizer.bos_token_id is not None else []
+    bos = subject.bos_prefix
     rows = []
     for _ in range(n_sequences):
         body = rng.choice(pool, size=seq_len, replace=not unique).tolist()

@@ -54,7 +54,7 @@ def regbench_batch(subject: Subject, n_sequences: int, seed: int, max_tokens: in
     left-padded; each truncated to `max_tokens` symbols when given."""
     bench = regbench.RegBench(regbench.RegBenchConfig(seed=seed, n_train_dfas=1, n_test_dfas=n_sequences))
     ids = symbol_token_ids(subject)
-    bos = [subject.tokenizer.bos_token_id] if subject.prepend_bos and subject.tokenizer.bos_token_id is not None else []
+    bos = subject.bos_prefix
     rows = [bos + [ids[s] for s in inst.tokens[:max_tokens]] for inst in bench.instances("test", n_sequences, seed)]
     return Batch.from_sequences(rows, pad_id=subject.pad_id)
 
