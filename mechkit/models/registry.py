@@ -97,11 +97,11 @@ REGISTRY: dict[str, ModelSpec] = {
             gguf_name="qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf",
             gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             tl_official_name=None,
-            # Qwen2.5 defines no BOS token (its tokenizer_config has bos_token null, add_bos_token false) and was
-            # trained without one; the GGUF's bos_token_id merely names <|endoftext|>, the end-of-document token.
-            # Prepending that would put an end-of-text marker before every prompt, unlike anything the model saw
-            # in tuning. So raw text starts on its first content token; chat-templated text starts with
-            # `<|im_start|>` as the model expects.
+            # Qwen2.5 defines no BOS token (its tokenizer_config has bos_token null, add_bos_token false): its own
+            # tokenizer and reference code feed raw text as is. The GGUF's bos_token_id only names <|endoftext|>,
+            # the end-of-document token, and mechkit does not invent a first token the model's authors never
+            # add. So raw text starts on its first content token (position-0 statistics of raw text are those of
+            # a content token); chat-templated text starts with `<|im_start|>` as the model expects.
             prepend_bos=False,
             chat=True,
             context_length=32768,
