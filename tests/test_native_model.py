@@ -191,7 +191,8 @@ def test_naive_kernel_gives_the_same_logits(mixer):
 def test_triton_kernel_gives_the_same_logits_under_the_interpreter():
     script = (
         "import torch; from mechkit.native import NativeConfig, NativeModel\n"
-        "cfg = dict(vocab_size=40, mixers=('delta_net', 'linear'), d_model=32, n_heads=1, d_head=16, chunk_size=16)\n"
+        "cfg = dict(vocab_size=40, mixers=('delta_net', 'linear', 'based'), d_model=32, n_heads=1, d_head=16,\n"
+        "           feature_dim=4, chunk_size=16)\n"
         "x = torch.randint(0, 40, (1, 20), generator=torch.Generator().manual_seed(0))\n"
         "a = NativeModel(NativeConfig(**cfg))(x); b = NativeModel(NativeConfig(**cfg, kernel='triton'))(x)\n"
         "print(float((a - b).abs().max()))\n"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mechkit.kernels.based import chunk_based, implied_based, naive_based, triton_based
 from mechkit.kernels.linear_attn import chunk_linear_attn, implied_linear_attn, naive_linear_attn, triton_linear_attn
 from mechkit.native.config import NativeConfig
-from mechkit.native.recurrent import RecurrentMixer, l2norm, normalize_output, normalize_rows, with_normalizer
+from mechkit.native.recurrent import RecurrentMixer, l2norm, normalize_rows
 
 LINEAR_KERNELS = {"naive": naive_linear_attn, "chunk": chunk_linear_attn, "triton": triton_linear_attn}
 BASED_KERNELS = {"naive": naive_based, "chunk": chunk_based, "triton": triton_based}
@@ -43,9 +43,7 @@ class NormalizedLinearAttention(RecurrentMixer):
         return F.elu(q) + 1, F.elu(k) + 1
 
     def run_kernel(self, q, k, v, gates, mask, h0, output_states):
-        z, final, states = self.call_kernel(LINEAR_KERNELS, q, k, with_normalizer(v, mask), initial_state=h0,
-                                            output_states=output_states)
-        return normalize_output(z), final, states
+        return self.call_normalized(LINEAR_KERNELS, q, k, v, mask, h0, output_states)
 
     def implied(self, q, k, gates, mask):
         return normalize_rows(implied_linear_attn(q, k), mask)
@@ -59,9 +57,7 @@ class BasedAttention(RecurrentMixer):
         super().__init__(config, config.feature_dim)
 
     def run_kernel(self, q, k, v, gates, mask, h0, output_states):
-        z, final, states = self.call_kernel(BASED_KERNELS, q, k, with_normalizer(v, mask), normalize=False,
-                                            initial_state=h0, output_states=output_states)
-        return normalize_output(z), final, states
+        return self.call_normalized(BASED_KERNELS, q, k, v, mask, h0, output_states)
 
     def implied(self, q, k, gates, mask):
         return normalize_rows(implied_based(q, k, normalize=False), mask)

@@ -87,6 +87,18 @@ class RecurrentMixer(nn.Module):
         states = out[2].to(state_dtype) if output_states else None
         return out[0].to(dtype), out[1].to(state_dtype), states
 
+    def call_normalized(self, family: dict[str, Callable], q, k, v, mask: Tensor | None, h0: Tensor | None,
+                        output_states: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A normalized kernel call. Without padding the kernel normalizes itself (its state's last column sums
+        the keys); with padding that column is the value of a real-token mask instead, so padded keys add nothing
+        to the normalizer (the same state layout, so either call continues the other)."""
+        if mask is None:
+            return self.call_kernel(family, q, k, v, normalize=True, initial_state=h0, output_states=output_states)
+        v_mask = torch.cat([v, mask.to(v.dtype)[:, :, None, None].expand_as(v[..., :1])], dim=-1)
+        z, final, states = self.call_kernel(family, q, k, v_mask, normalize=False, initial_state=h0,
+                                            output_states=output_states)
+        return z[..., :-1] / (z[..., -1:] + NORMALIZE_EPS), final, states
+
     def forward(self, x: Float[Tensor, "batch new d_model"], seg: Segment) -> Float[Tensor, "batch new d_model"]:
         B, T, _ = x.shape
         H, dk, dv = self.n_heads, self.d_key, self.d_value
@@ -126,18 +138,6 @@ class RecurrentMixer(nn.Module):
             if tail is not None:
                 seg.entry["conv"] = tail
         return self.W_O(self.hook_z(z).reshape(B, T, -1))
-
-
-def with_normalizer(v: Float[Tensor, "batch new head d_v"], mask: Bool[Tensor, "batch new"] | None
-                    ) -> Float[Tensor, "batch new head d_v_plus_1"]:
-    """`[v, m]`: the value with the real-token mask as its last column, so the kernel's last output column is the
-    normalizer over real keys only (padding is exact for normalized mixers)."""
-    m = torch.ones_like(v[..., :1]) if mask is None else mask.to(v.dtype)[:, :, None, None].expand_as(v[..., :1])
-    return torch.cat([v, m], dim=-1)
-
-
-def normalize_output(o: Float[Tensor, "batch new head d_v_plus_1"]) -> Float[Tensor, "batch new head d_v"]:
-    return o[..., :-1] / (o[..., -1:] + NORMALIZE_EPS)
 
 
 def normalize_rows(A: Float[Tensor, "batch head query key"], mask: Bool[Tensor, "batch key"] | None
