@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
-import mechkit
-from mechkit.errors import ModelNotFetchedError
+# Triton kernels run on CPU only under its interpreter, which must be chosen before anything imports triton
+# (torch itself does when triton is installed): decide once, here, before the tests import mechkit.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import mechkit  # noqa: E402
+from mechkit.errors import ModelNotFetchedError  # noqa: E402
 
 REAL_MODELS = ("gemma-3-270m", "smollm2-135m-instruct")  # the ones scripts/setup.sh fetches
 
