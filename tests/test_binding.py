@@ -239,3 +239,13 @@ def test_schema_objects_can_be_built_in_python():
 def test_qwen_binds_three_boxes(qwen_nnsight):
     result = task_accuracy(qwen_nnsight, "boxes", 3, 12, seed=0, verbose=False)
     assert result.chat is True and result.runs[3].accuracy >= 0.9
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("fixture", ["gemma_tl", "smollm_tl", "qwen_nnsight"])
+def test_builtin_answers_are_single_tokens_on_the_packaged_models(fixture, request):
+    subject = request.getfixturevalue(fixture)
+    for schema in builtin_tasks().values():
+        for query in schema.queries:
+            prompts = make_prompts(schema, schema.max_groups(), 10, seed=1, query=query.name)
+            encode_prompts(subject, prompts, single_token=True)

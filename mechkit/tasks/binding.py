@@ -19,8 +19,9 @@ import string
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from torch import Tensor
 
 from mechkit.batch import Batch
 from mechkit.errors import MechkitError
+
+if TYPE_CHECKING:
+    from mechkit.subject import Subject
 
 _FORMAT = ("fields name, description, roles (role -> list of entity strings), clause, queries (list of "
            "{name, question, answer_role, answer_prefix}), and optional prefix, separator, suffix")
@@ -305,7 +309,7 @@ def make_prompts(
 @dataclass
 class EncodedPrompts:
     """Prompts as a model sees them: batch [batch, pos] (left-padded), candidate_ids [batch, n_groups] (each
-    group's answer token, at the position after the last), answer_index [batch] (the queried group)."""
+    group's answer token, to be read from the last position's logits), answer_index [batch] (the queried group)."""
 
     batch: Batch
     candidate_ids: Int[Tensor, "batch n_groups"]
@@ -313,7 +317,7 @@ class EncodedPrompts:
     chat: bool
 
 
-def encode_prompts(subject, prompts: Sequence[BindingPrompt], chat: bool | None = None,
+def encode_prompts(subject: Subject, prompts: Sequence[BindingPrompt], chat: bool | None = None,
                    single_token: bool = False) -> EncodedPrompts:
     """Tokenize prompts for `subject` and find each candidate's answer token (see the module docstring).
 
@@ -348,14 +352,13 @@ def encode_prompts(subject, prompts: Sequence[BindingPrompt], chat: bool | None 
                 raise MechkitError(f"entity {entity!r} of binding task {prompt.task.name!r} is "
                                    f"{len(tail) - shared} tokens on {subject.model_id}, and this method needs "
                                    "single-token entities; remove it from its role's pool")
-        firsts = [tail[shared] if len(tail) > shared else -1 for tail in tails]  # -1: no token left
-        for a in range(len(firsts)):
-            for b in range(a + 1, len(firsts)):
-                if firsts[a] == firsts[b] or -1 in (firsts[a], firsts[b]):
-                    raise MechkitError(f"answers {prompt.candidates[a]!r} and {prompt.candidates[b]!r} of binding "
-                                       f"task {prompt.task.name!r} start with the same token on {subject.model_id}, "
-                                       "so first-token logits cannot tell them apart; use entities that differ "
-                                       "in their first token")
+        firsts = [tail[shared] if len(tail) > shared else -1 for tail in tails]  # -1: nothing after the shared
+        for a, b in combinations(range(len(firsts)), 2):
+            if firsts[a] == firsts[b] or min(firsts[a], firsts[b]) < 0:
+                raise MechkitError(f"answers {prompt.candidates[a]!r} and {prompt.candidates[b]!r} of binding task "
+                                   f"{prompt.task.name!r} start with the same token on {subject.model_id}, so "
+                                   "first-token logits cannot tell them apart; use entities that differ in their "
+                                   "first token")
         sequences.append(bos + head + tails[0][:shared])
         candidates.append(firsts)
     batch = Batch.from_sequences(sequences, pad_id=subject.pad_id)
