@@ -79,8 +79,11 @@ def find_ngram_heads(
     out: Path = typer.Option(Path("results/ngram"), "--out", "-o", help=OUT_HELP),
     quiet: bool = options.QUIET,
 ) -> None:
-    """Score every head as an order-n n-gram head (attention on the tokens that followed earlier occurrences of
-    the current n-token context; Akyurek et al. 2024) for each order."""
+    """Score every head as an order-n n-gram head (Akyurek et al. 2024), for each order.
+
+    An order-n head attends to the tokens that followed earlier occurrences of the current n-token context;
+    order 1 is the induction pattern. REGBENCH data take a few seconds on gemma-3-270m on a 2-core CPU.
+    """
     parsed = parse_orders(orders)
     texts = None
     if data != "regbench":
