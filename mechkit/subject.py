@@ -217,6 +217,7 @@ class Subject:
         query_positions: Sequence[int] | Tensor | None = None,
         block_size: int | None = 256,
         interventions: Sequence[Intervention] = (),
+        fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     ) -> Iterator[tuple[int, Tensor, Float[Tensor, "batch head block key"]]]:
         """(layer, query_positions_block, rows) for every layer (default all) and block of query positions
         (default every position), from one forward pass.
@@ -224,6 +225,8 @@ class Subject:
         Positions in each yielded block are non-negative indices into the left-padded sequence. Memory: the
         captured q rows and k of the requested layers plus one block of rows ([batch, head, block_size, key]),
         so scores over every row of long sequences never hold a T x T pattern. block_size None: one block.
+        `fwd_hooks` run in the same forward pass (e.g. to keep other activations the caller needs); it happens
+        before the first block is yielded.
         """
         batch = self.to_batch(inputs)
         layer_list = list(range(self.n_layers)) if layers is None else list(layers)
@@ -240,6 +243,22 @@ class Subject:
         if block_size is not None and block_size < 1:
             raise MechkitError(f"block_size must be at least 1, got {block_size}")
         captured: dict[str, Tensor] = {}
+        hooks = self._row_hooks(layer_list, positions, captured) + list(fwd_hooks)
+        self.run_with_hooks(batch, hooks, interventions, last_only=True)
+        step = max(len(positions) if block_size is None else block_size, 1)
+        for layer in layer_list:
+            rows_of = self._layer_rows(layer, positions, captured, batch)
+            window = self.attention_rule(layer).window
+            for start in range(0, len(positions), step):
+                block = positions[start:start + step]
+                rows = rows_of(start, start + step)
+                for intervention in interventions:
+                    rows = intervention.rows(layer, rows, block, batch, window)
+                yield layer, block, rows
+
+    def _row_hooks(self, layers: Sequence[int], positions: Tensor, captured: dict[str, Tensor]
+                   ) -> list[tuple[str, HookFn]]:
+        """Hooks keeping what `_layer_rows` needs: post-rotary q at `positions` and k of every layer."""
 
         def keep_q(q, *, hook):
             captured[hook.name] = q[:, positions].detach()
@@ -248,21 +267,17 @@ class Subject:
             captured[hook.name] = k.detach()
 
         hooks = []
-        for layer in layer_list:
+        for layer in layers:
             hooks += [(f"blocks.{layer}.attn.hook_rot_q", keep_q), (f"blocks.{layer}.attn.hook_rot_k", keep_k)]
-        self.run_with_hooks(batch, hooks, interventions, last_only=True)
-        step = len(positions) if block_size is None else block_size
-        key_mask = batch.attention_mask.bool()
-        for layer in layer_list:
-            rule = self.attention_rule(layer)
-            q = captured.pop(f"blocks.{layer}.attn.hook_rot_q")
-            k = captured.pop(f"blocks.{layer}.attn.hook_rot_k")
-            for start in range(0, len(positions), max(step, 1)):
-                block = positions[start:start + step]
-                rows = attention_rows_from_qk(q[:, start:start + step], k, block, key_mask, rule)
-                for intervention in interventions:
-                    rows = intervention.rows(layer, rows, block, batch, rule.window)
-                yield layer, block, rows
+        return hooks
+
+    def _layer_rows(self, layer: int, positions: Tensor, captured: dict[str, Tensor], batch: Batch):
+        """A function (start, stop) -> rows [batch, head, n, key] of positions[start:stop] of `layer`, from the
+        captured activations (which it releases)."""
+        q = captured.pop(f"blocks.{layer}.attn.hook_rot_q")
+        k = captured.pop(f"blocks.{layer}.attn.hook_rot_k")
+        key_mask, rule = batch.attention_mask.bool(), self.attention_rule(layer)
+        return lambda start, stop: attention_rows_from_qk(q[:, start:stop], k, positions[start:stop], key_mask, rule)
 
     def head_results(
         self, inputs, layer: int, interventions: Sequence[Intervention] = ()

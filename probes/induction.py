@@ -110,12 +110,16 @@ def copying_scores(subject: Subject, batch: Batch, block_size: int = 256, verbos
     query's, the quirk of the reference implementation) and the direct path only (norms after the head are not
     applied).
     """
-    argmax: dict[int, list[Tensor]] = {}
-    for layer, _, rows in tqdm(subject.iter_attention_blocks(batch, block_size=block_size),
-                               desc="attention rows", disable=not verbose):
-        argmax.setdefault(layer, []).append(rows.argmax(-1).cpu())
     names = [f"blocks.{layer}.attn.hook_v" for layer in range(subject.n_layers)]
-    _, cache = subject.run_with_cache(batch, names_filter=names, last_only=True)
+    values: dict[str, Tensor] = {}
+
+    def keep_v(v, *, hook):
+        values[hook.name] = v.detach()
+
+    argmax: dict[int, list[Tensor]] = {}
+    blocks = subject.iter_attention_blocks(batch, block_size=block_size, fwd_hooks=[(n, keep_v) for n in names])
+    for layer, _, rows in tqdm(blocks, desc="attention rows", disable=not verbose):
+        argmax.setdefault(layer, []).append(rows.argmax(-1).cpu())
     tokens, real = batch.tokens, batch.attention_mask.bool()
     W_U = subject.W_U
     readout = W_U[:, tokens.to(W_U.device)].permute(1, 0, 2).cpu()  # [batch, d_model, pos]: logit of each pos's token
@@ -129,7 +133,7 @@ def copying_scores(subject: Subject, batch: Batch, block_size: int = 256, verbos
     scores = torch.full((subject.n_layers, subject.n_heads), float("nan"), dtype=torch.float64)
     for layer in range(subject.n_layers):
         source = torch.cat(argmax[layer], dim=-1)  # [batch, head, query]
-        v = cache[names[layer]].float().cpu().repeat_interleave(group, dim=2)  # [batch, pos, head, d_head]
+        v = values.pop(names[layer]).float().cpu().repeat_interleave(group, dim=2)  # [batch, pos, head, d_head]
         v_source = torch.gather(v.permute(0, 2, 1, 3), 2, source[..., None].expand(-1, -1, -1, v.shape[-1]))
         out = torch.einsum("bhqd,hdm->bhqm", v_source, subject.W_O(layer).float().cpu())
         boosts = torch.einsum("bhqm,bmp->bhqp", out, readout)  # [batch, head, query, prefix position]

@@ -88,22 +88,21 @@ def test_all_rows_option_matches_detect_heads_dilution():
 
 
 def test_perfect_order_two_head_scores_one_at_order_two_and_less_at_order_one():
-    # "a b c a b d a x b a b": contexts differ, so order-1 and order-2 matches differ.
     seq = [0, 1, 2, 3, 1, 2, 4, 1, 5, 2, 1, 2]
     tokens = torch.tensor([seq])
     batch = Batch(tokens, torch.ones_like(tokens))
-    width = len(seq)
-    order2 = context_match_targets(2)(batch, torch.arange(width))[0].float()
-    rows = order2 / order2.sum(-1, keepdim=True).clamp(min=1)
-    rows[order2.sum(-1) == 0, 0] = 1.0  # rows with no order-2 match sink on BOS
+    # By hand: order-2 matches ("1 2" again) exist only at q = 5 (key 3) and q = 11 (keys 3 and 6); the perfect
+    # order-2 head splits those rows evenly over them and sinks every other row on BOS.
+    rows = torch.zeros(12, 12, dtype=torch.float64)
+    rows[:, 0] = 1.0
+    rows[5] = 0.0
+    rows[5, 3] = 1.0
+    rows[11] = 0.0
+    rows[11, [3, 6]] = 0.5
     assert score_of(rows, batch, context_match_targets(2)) == 1.0
-    # hand count: order-1 rows are q = 4, 5, 7, 9, 10, 11 (tokens 1, 2, 1, 2, 1, 2 seen before);
-    # q = 5, 11 have an order-2 match (context "1 2"), q = 10 too ("2 1" at 9,10 matches 5? no: 5,6 = "2 4"),
-    order1 = context_match_targets(1)(batch, torch.arange(width))[0]
-    matched1 = order1.any(-1)
-    expected = float((rows * order1).sum(-1)[matched1].sum() / matched1.sum())
-    assert expected < 1.0
-    assert score_of(rows, batch, context_match_targets(1)) == pytest.approx(expected)
+    # Order-1 rows (the current token seen before) are q = 4, 5, 7, 9, 10, 11; only q = 5 and q = 11 put their
+    # attention on order-1 keys ({3} and {3, 6, 10}), the other four sink on BOS: 2 / 6.
+    assert score_of(rows, batch, context_match_targets(1)) == pytest.approx(1 / 3, abs=1e-12)
 
 
 def test_context_match_hand_checked_positions():

@@ -8,7 +8,7 @@ greedy decoding reads the rows of the decoded sequence afterwards, which is exac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mechkit.attention import AttentionRule, attention_rows_from_qk
 from mechkit.batch import Batch
-from mechkit.errors import MechkitError, UnknownModelError
+from mechkit.errors import UnknownModelError
 from mechkit.kernels.implied import normalized_abs
 from mechkit.native.checkpoint import load_checkpoint, weights_sha256
 from mechkit.native.model import NativeModel
@@ -72,7 +72,7 @@ class NativeSubject(Subject):
     def is_recurrent(self, layer: int) -> bool:
         return self.model.blocks[layer].attn.recurrent
 
-    def _row_hooks(self, layers: Sequence[int], captured: dict[str, Tensor]) -> list:
+    def _row_hooks(self, layers: Sequence[int], positions: Tensor, captured: dict[str, Tensor]) -> list:
         def keep(tensor, *, hook):
             captured[hook.name] = tensor.detach()
 
@@ -83,56 +83,22 @@ class NativeSubject(Subject):
             hooks += [(f"blocks.{layer}.attn.hook_{name}", keep) for name in names]
         return hooks
 
-    def _layer_rows(self, layer: int, captured: dict[str, Tensor], batch: Batch) -> Callable[[Tensor], Tensor]:
-        """A function positions -> rows [batch, head, n, key] of `layer`, from the captured activations."""
+    def _layer_rows(self, layer: int, positions: Tensor, captured: dict[str, Tensor], batch: Batch):
+        """Softmax layers: rows from q/k with the layer's rule; recurrent layers: `normalized_abs` of the implied
+        attention (one [batch, head, T, T] matrix per layer is held while its blocks are yielded)."""
         prefix = f"blocks.{layer}.attn.hook_"
         mixer = self.model.blocks[layer].attn
         key_mask = batch.attention_mask.bool()
         if not mixer.recurrent:
             q, k = captured.pop(prefix + "rot_q"), captured.pop(prefix + "rot_k")
             rule = self.attention_rule(layer)
-            return lambda block: attention_rows_from_qk(q[:, block], k, block, key_mask, rule)
+            return lambda start, stop: attention_rows_from_qk(q[:, positions[start:stop]], k, positions[start:stop],
+                                                              key_mask, rule)
         gates = {name: captured.pop(prefix + name) for name in mixer.GATES}
         mask = None if bool(key_mask.all()) else key_mask.to(captured[prefix + "q"].device)
         with torch.no_grad():
             A = normalized_abs(mixer.implied(captured.pop(prefix + "q"), captured.pop(prefix + "k"), gates, mask))
-        return lambda block: A[:, :, block.to(A.device)]
-
-    def iter_attention_blocks(
-        self,
-        inputs,
-        layers: Sequence[int] | None = None,
-        query_positions: Sequence[int] | Tensor | None = None,
-        block_size: int | None = 256,
-        interventions=(),
-    ) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """As `Subject.iter_attention_blocks`; recurrent layers yield rows of `normalized_abs` of their implied
-        attention (one [batch, head, T, T] matrix per layer is held while its blocks are yielded)."""
-        batch = self.to_batch(inputs)
-        layer_list = list(range(self.n_layers)) if layers is None else list(layers)
-        bad = [layer for layer in layer_list if not 0 <= layer < self.n_layers]
-        if bad:
-            raise MechkitError(f"layers {bad} are outside {self.model_id} (0..{self.n_layers - 1})")
-        width = batch.tokens.shape[-1]
-        positions = torch.arange(width) if query_positions is None else torch.as_tensor(query_positions).long()
-        positions = positions.reshape(-1)
-        if ((positions >= width) | (positions < -width)).any():
-            raise MechkitError(f"query positions {positions.tolist()} fall outside a sequence of {width} tokens")
-        if block_size is not None and block_size < 1:
-            raise MechkitError(f"block_size must be at least 1, got {block_size}")
-        positions = positions % width
-        captured: dict[str, Tensor] = {}
-        self.run_with_hooks(batch, self._row_hooks(layer_list, captured), interventions, last_only=True)
-        step = max(len(positions) if block_size is None else block_size, 1)
-        for layer in layer_list:
-            rows_of = self._layer_rows(layer, captured, batch)
-            window = self.attention_rule(layer).window
-            for start in range(0, len(positions), step):
-                block = positions[start:start + step]
-                rows = rows_of(block)
-                for intervention in interventions:
-                    rows = intervention.rows(layer, rows, block, batch, window)
-                yield layer, block, rows
+        return lambda start, stop: A[:, :, positions[start:stop].to(A.device)]
 
     def greedy_decode(self, inputs, max_new_tokens: int, stop_token_ids: Sequence[int] = (), interventions=(),
                       track_heads: bool = True):
