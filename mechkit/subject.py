@@ -7,6 +7,7 @@ built on it here, once, so they behave the same on TransformerLens, nnsight and 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -171,6 +172,27 @@ class Subject:
         names = [name for name in self.hook_names if keep(name)]
         logits = self.run_with_hooks(inputs, list(fwd_hooks) + [(n, save) for n in names], interventions, last_only)
         return logits, cache
+
+    def run_last_token_variants(
+        self, inputs, variants: Sequence[Sequence[tuple[str, HookFn]]]
+    ) -> Float[Tensor, "variant batch vocab"]:
+        """Last-position logits of `inputs` under each variant's hooks, for hooks that change the last position only
+        (e.g. a residual-stream patch at the last token, one variant per layer).
+
+        The prefix (every token but the last) runs once into a key/value cache; each variant reruns only the last
+        token on a copy of it, so V variants cost one prefix pass plus V one-token passes. Hooks see the last
+        position only (tensors of shape [batch, 1, ...]).
+        """
+        batch = self.to_batch(inputs)
+        if batch.tokens.shape[1] < 2:
+            raise MechkitError("run_last_token_variants needs inputs of at least 2 tokens; use run_with_hooks")
+        checked = [self._hooks(batch, hooks, ()) for hooks in variants]
+        cache = self.new_cache(len(batch))
+        last = (batch.tokens[:, -1:], batch.attention_mask, batch.positions[:, -1:])
+        with torch.no_grad():
+            self._forward(batch.tokens[:, :-1], batch.attention_mask[:, :-1], batch.positions[:, :-1], [], True,
+                          cache)
+            return torch.stack([self._forward(*last, hooks, True, copy.deepcopy(cache))[:, -1] for hooks in checked])
 
     def patch_from(self, hook_name: str, source_inputs, positions=None, heads=None) -> ActivationPatch:
         """An ActivationPatch that writes the source run's `hook_name` activation into later runs."""

@@ -5,6 +5,7 @@ import torch
 
 import mechkit
 from mechkit import HeadAblation, UniformAttention
+from mechkit.batch import Batch
 from mechkit.errors import ContextTooLongError, HeadSpecError, MechkitError, UnknownModelError
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi there", "Attention is all you need, they said."]
@@ -188,3 +189,24 @@ def test_hook_name_shorthands_and_filters():
     assert [n for n in names if make_filter(names[1:])(n)] == names[1:]
     assert [n for n in names if make_filter(lambda n: n.endswith("hook_z"))(n)] == [names[0], names[2]]
     assert all(make_filter(None)(n) for n in names)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_tl", "tiny_nnsight", "tiny_gemma", "native"])
+def test_last_token_variants_equal_full_runs_with_the_same_last_token_hooks(fixture, request):
+    subject = mechkit.load("native:mqar-delta-net") if fixture == "native" else request.getfixturevalue(fixture)
+    batch = Batch.from_sequences([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], pad_id=subject.pad_id)  # left-padded
+    source = torch.randn(2, subject.d_model, generator=torch.Generator().manual_seed(0))
+
+    def write_last(tensor, *, hook):
+        tensor = tensor.clone()
+        tensor[:, -1] = source.to(tensor)
+        return tensor
+
+    variants = [[]] + [[(f"blocks.{layer}.hook_resid_pre", write_last)] for layer in range(subject.n_layers)]
+    fast = subject.run_last_token_variants(batch, variants)
+    full = torch.stack([subject.run_with_hooks(batch, hooks, last_only=True)[:, -1] for hooks in variants])
+    assert fast.shape == (len(variants), 2, full.shape[-1])
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(full[1], full[0])  # the patch matters, so the equality is not vacuous
+    with pytest.raises(MechkitError, match="at least 2 tokens"):
+        subject.run_last_token_variants(torch.tensor([[5]]), variants)

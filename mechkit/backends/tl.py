@@ -68,14 +68,15 @@ class TLSubject(Subject):
         with self.model.hooks(fwd_hooks=hooks):
             if not last_only:
                 return self.model(tokens.to(device), **kwargs)
-            resid = self.model(tokens.to(device), stop_at_layer=self.n_layers, **kwargs)
-            return self.model.unembed(self.model.ln_final(resid[:, -1:]))
+            resid = self.model(tokens.to(device), stop_at_layer=self.n_layers, **kwargs)[:, -1:]
+            norm = getattr(self.model, "ln_final", None)  # absent when normalization_type is None
+            return self.model.unembed(resid if norm is None else norm(resid))
 
     def W_O(self, layer: int) -> Tensor:
         return self.model.blocks[layer].attn.W_O.detach()
 
     @property
     def W_U(self) -> Tensor:
-        scale = getattr(self.model.ln_final, "w", None)  # TransformerLens stores Gemma's (1 + weight) already
+        scale = getattr(getattr(self.model, "ln_final", None), "w", None)  # TransformerLens stores Gemma's (1 + weight) already
         W_U = self.model.W_U.detach().float()
         return W_U if scale is None else W_U * scale.detach().float()[:, None]
