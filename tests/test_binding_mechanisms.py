@@ -96,3 +96,13 @@ def test_bad_input_is_refused_before_any_forward_pass(tiny_tl):
 def _toy_record() -> dict:
     return {"name": "toy", "roles": {"key": list("ABCD"), "value": list("1234")}, "clause": "{key}{value}",
             "separator": "", "queries": [{"name": "value_of_key", "question": "{key}", "answer_role": "value"}]}
+
+
+@pytest.mark.real
+def test_on_qwen_the_patch_does_nothing_at_layer_0_and_carries_the_answer_at_the_last_layer(qwen_nnsight):
+    """At layer 0 the last token has not read the query yet; the last layer's residual stream holds the answer."""
+    result = interchange(qwen_nnsight, "boxes", 5, 10, layers=[0, qwen_nnsight.n_layers - 1], seed=0, verbose=False)
+    assert result.clean_correct.all()
+    shares = result.shares()
+    assert shares[0, MECHANISMS.index("no_effect")] == 1.0
+    assert shares[1, MECHANISMS.index("reflexive")] >= 0.9
