@@ -47,7 +47,8 @@ def toy_subject(rule: str) -> TLSubject:
                                   positional_embedding_type="standard", use_attn_scale=False,
                                   default_prepend_bos=False, dtype=torch.float32)
     model = HookedTransformer(cfg, move_to_device=False)
-    state = {name: torch.zeros_like(value) for name, value in model.state_dict().items()}
+    state = model.state_dict()  # buffers (the causal mask's fill value) stay as they are; weights start at zero
+    state.update({name: torch.zeros_like(value) for name, value in model.named_parameters()})
     state["embed.W_E"][:, token] = torch.eye(vocab)
     state["pos_embed.W_pos"][:, position] = torch.eye(N_CTX)
     state["unembed.W_U"][token, :] = torch.eye(vocab)

@@ -56,6 +56,15 @@ def test_a_toy_that_binds_by_one_rule_is_classified_as_that_rule(rule, layers):
     assert torch.equal(by_position[:, MECHANISMS.index(layers[last])], torch.ones(6, dtype=torch.float64))
 
 
+def test_toys_keep_the_causal_mask():
+    """Hand-set weights must not switch the mask off: a later token cannot change an earlier position's output."""
+    subject = toy_subject("positional")
+    tokens = subject.tokenize(["A1B2C3\nB "]).tokens
+    _, short = subject.run_with_cache(tokens[:, :-2], "blocks.2.hook_resid_post")
+    _, full = subject.run_with_cache(tokens, "blocks.2.hook_resid_post")
+    torch.testing.assert_close(full["blocks.2.hook_resid_post"][:, :-2], short["blocks.2.hook_resid_post"])
+
+
 def test_records_are_tidy_and_sum_to_one_per_cell():
     result = interchange(toy_subject("lexical"), TOY_TASK, 4, 8, seed=0, verbose=False)
     rows = result.records()
