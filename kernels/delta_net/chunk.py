@@ -35,22 +35,31 @@ def delta_net_chunks(q, k, v, beta, g, write_scale, h0, scale: float, chunk_size
 
     qc, kc, vc, bc = chunked(q) * scale, chunked(k), chunked(v), chunked(beta)
     wc = kc if write_scale is None else kc * write_scale.to(dt)[None, :, None, None, :]
-    G = torch.zeros_like(bc) if g is None else chunked(g).cumsum(-2)  # [B, H, N, C, 1]
-    decay = decay_matrix(G[..., 0])
-    A = (bc * (kc @ wc.transpose(-1, -2)) * decay).tril(-1)
+    # Without decay (g None) Γ is the lower-triangular ones and e^G = 1: the C x C exponentials are skipped.
+    G = None if g is None else chunked(g).cumsum(-2)  # [B, H, N, C, 1]
+    decay = None if G is None else decay_matrix(G[..., 0])
+
+    def gated(x, diagonal: int):  # x ⊙ Γ, kept from `diagonal` down
+        return (x if decay is None else x * decay).tril(diagonal)
+
+    A = gated(bc * (kc @ wc.transpose(-1, -2)), -1)
     # unitriangular=True reads only the strict lower part: this solves (I + A) X = rhs.
-    rhs = torch.cat([bc * vc, bc * G.exp() * kc], dim=-1)
+    rhs = torch.cat([bc * vc, bc * kc if G is None else bc * G.exp() * kc], dim=-1)
     U, W = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True).split([V, K], dim=-1)
     S = kc.new_zeros(B, H, K, V) if h0 is None else h0.to(dt)
     states, v_new = [], []
     for n in range(N):
         states.append(S)
         v_new.append(U[:, :, n] - W[:, :, n] @ S)
-        G_n = G[:, :, n]
-        tail = (wc[:, :, n] * (G_n[:, :, -1:] - G_n).exp()).transpose(-1, -2)
-        S = G_n[:, :, -1:].exp() * S + tail @ v_new[-1]
+        if G is None:
+            S = S + wc[:, :, n].transpose(-1, -2) @ v_new[-1]
+        else:
+            G_n = G[:, :, n]
+            tail = (wc[:, :, n] * (G_n[:, :, -1:] - G_n).exp()).transpose(-1, -2)
+            S = G_n[:, :, -1:].exp() * S + tail @ v_new[-1]
     states, v_new = torch.stack(states, dim=2), torch.stack(v_new, dim=2)
-    o = (qc * G.exp()) @ states + ((qc @ wc.transpose(-1, -2)) * decay) @ v_new
+    inter = qc @ states if G is None else (qc * G.exp()) @ states
+    o = inter + gated(qc @ wc.transpose(-1, -2), 0) @ v_new
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T].to(q.dtype)
     return o, S, states
 
