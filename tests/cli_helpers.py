@@ -1,4 +1,4 @@
-"""Running the `mechkit` CLI in-process and checking its one-line errors (shared by the CLI tests)."""
+"""Running the `mechkit` CLI in-process and checking one-line errors, from the CLI and from the API (shared by tests)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,14 @@ def assert_one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+def assert_one_sentence(err, *parts: str) -> str:
+    """A MechkitError (from `pytest.raises`) whose message is one line containing every part."""
+    from mechkit.errors import MechkitError
+
+    message = str(err.value)
+    assert isinstance(err.value, MechkitError) and "\n" not in message, message
+    for part in parts:
+        assert part in message, message
+    return message

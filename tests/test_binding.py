@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from cli_helpers import assert_one_sentence
 
 from mechkit.errors import MechkitError
 from mechkit.models.tiny import byte_tokenizer
@@ -31,14 +32,6 @@ SMALL = {
                  "answer_prefix": "Box "}],
 }
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}<assistant>"
-
-
-def _one_sentence(err: pytest.ExceptionInfo, *parts: str) -> str:
-    message = str(err.value)
-    assert isinstance(err.value, MechkitError) and "\n" not in message, message
-    for part in parts:
-        assert part in message, message
-    return message
 
 
 # --- schemas and the loader --------------------------------------------------------------------------------------
@@ -88,7 +81,7 @@ def test_malformed_schema_file_names_the_line_and_field(tmp_path, content, parts
     path.write_text(content + "\n")
     with pytest.raises(MechkitError) as err:
         load_schemas(path)
-    _one_sentence(err, str(path), *parts)
+    assert_one_sentence(err, str(path), *parts)
 
 
 def test_malformed_json_file_names_line_and_column(tmp_path):
@@ -96,16 +89,16 @@ def test_malformed_json_file_names_line_and_column(tmp_path):
     path.write_text('{\n  "name": "x",\n  "roles" {}\n}')
     with pytest.raises(MechkitError) as err:
         load_schemas(path)
-    _one_sentence(err, "line 3, column 11")
+    assert_one_sentence(err, "line 3, column 11")
 
 
 def test_unknown_task_name_lists_the_builtins():
     with pytest.raises(MechkitError) as err:
         make_prompts("boxs", 3, 1)
-    _one_sentence(err, "'boxs'", "boxes", "code_dict")
+    assert_one_sentence(err, "'boxs'", "boxes", "code_dict")
     with pytest.raises(MechkitError) as err:
         make_prompts("boxes", 3, 1, query="nope")
-    _one_sentence(err, "'nope'", "box_of_object")
+    assert_one_sentence(err, "'nope'", "box_of_object")
 
 
 # --- prompts -----------------------------------------------------------------------------------------------------
@@ -114,7 +107,7 @@ def test_unknown_task_name_lists_the_builtins():
 def test_more_groups_than_entities_is_refused():
     with pytest.raises(MechkitError) as err:
         make_prompts("train_platforms", 10, 4)
-    _one_sentence(err, "n_groups=10", "'platform' has 9 entities")
+    assert_one_sentence(err, "n_groups=10", "'platform' has 9 entities")
     with pytest.raises(MechkitError):
         make_prompts("boxes", 1, 4)
 
@@ -179,7 +172,7 @@ def test_entities_that_are_not_single_tokens_are_refused_where_needed(tiny_nnsig
     encode_prompts(tiny_nnsight, prompts)  # distinct first tokens: fine for task accuracy
     with pytest.raises(MechkitError) as err:
         encode_prompts(tiny_nnsight, prompts, single_token=True)
-    _one_sentence(err, "'BC'", "2 tokens", "tiny:llama", "single-token")
+    assert_one_sentence(err, "'BC'", "2 tokens", "tiny:llama", "single-token")
 
 
 def test_answers_sharing_their_first_token_are_refused(tiny_nnsight):
@@ -189,7 +182,7 @@ def test_answers_sharing_their_first_token_are_refused(tiny_nnsight):
     schema = schema_from_dict({**SMALL, "roles": {"object": ["apple", "key", "coin"], "box": ["Aa", "Ab", "C"]}})
     with pytest.raises(MechkitError) as err:
         encode_prompts(tiny_nnsight, make_prompts(schema, 3, 1, seed=0))
-    _one_sentence(err, "'Aa'", "'Ab'", "same token on tiny:llama")
+    assert_one_sentence(err, "'Aa'", "'Ab'", "same token on tiny:llama")
 
 
 # --- task accuracy -----------------------------------------------------------------------------------------------

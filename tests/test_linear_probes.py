@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_sentence
 
 from mechkit.errors import MechkitError
 from mechkit.probes.linear import (
@@ -26,14 +27,6 @@ TRICKY = schema_from_dict({
     "queries": [{"name": "box", "question": "Which box is the {object} in?", "answer_role": "box",
                  "answer_prefix": "Box "}],
 })
-
-
-def _one_sentence(err: pytest.ExceptionInfo, *parts: str) -> str:
-    message = str(err.value)
-    assert isinstance(err.value, MechkitError) and "\n" not in message, message
-    for part in parts:
-        assert part in message, message
-    return message
 
 
 def _synthetic(n_per_class: int = 100, n_classes: int = 3, d: int = 8, seed: int = 0):
@@ -147,7 +140,7 @@ def test_bad_input_is_refused_in_one_sentence_before_fitting(case, monkeypatch):
     monkeypatch.setattr("mechkit.probes.linear._fold_accuracies", lambda *a: pytest.fail("fitted before checking"))
     with pytest.raises(MechkitError) as err:
         probe_layers(*args, verbose=False, **kwargs)
-    _one_sentence(err, *parts)
+    assert_one_sentence(err, *parts)
 
 
 # --- binding-ID features -----------------------------------------------------------------------------------------
@@ -234,18 +227,18 @@ class _SlowTokenizer:
     (lambda s, p: binding_id_probe(s, "boxes", 3, 4), ("n_prompts=4", "n_folds=5")),
     (lambda s, p: binding_id_probe(s, "boxes", 3, 10, role="person"), ("'person'", "object, box")),
 ])
-def test_binding_feature_errors_are_one_sentence(tiny_tl, call, parts, monkeypatch):
+def test_binding_feature_errors_areassert_one_sentence(tiny_tl, call, parts, monkeypatch):
     monkeypatch.setattr(tiny_tl, "run_with_cache", lambda *a, **k: pytest.fail("ran the model before checking"))
     with pytest.raises(MechkitError) as err:
         call(tiny_tl, make_prompts("boxes", 3, 2, seed=0))
-    _one_sentence(err, *parts)
+    assert_one_sentence(err, *parts)
 
 
 def test_a_tokenizer_without_offsets_is_refused(tiny_tl, monkeypatch):
     monkeypatch.setattr(tiny_tl, "tokenizer", _SlowTokenizer(tiny_tl.tokenizer))
     with pytest.raises(MechkitError) as err:
         entity_positions(tiny_tl, make_prompts("boxes", 3, 2, seed=0), "object")
-    _one_sentence(err, "tiny:llama", "not a fast tokenizer", "offsets")
+    assert_one_sentence(err, "tiny:llama", "not a fast tokenizer", "offsets")
 
 
 def test_default_role_is_the_first_role_the_default_question_names():
