@@ -129,6 +129,9 @@ def analyse_binding(subject: Subject, config: BindingConfig, verbose: bool = Tru
     layers = list(range(subject.n_layers)) if config.layers is None else list(config.layers)
     if any(not 0 <= layer < subject.n_layers for layer in layers):
         raise MechkitError(f"layers {layers} must lie within {subject.model_id}'s 0..{subject.n_layers - 1}")
+    if config.mixing_layer is not None and config.mixing_layer not in layers:
+        raise MechkitError(f"mixing layer {config.mixing_layer} is not among the patched layers of "
+                           f"{subject.model_id} (0..{subject.n_layers - 1} unless --layers says otherwise)")
     schema = config.schema()
     accuracy = task_accuracy(subject, schema, list(config.groups_for_accuracy()), config.accuracy_prompts,
                              config.seed, config.query, config.chat, config.batch_size, verbose)

@@ -102,6 +102,7 @@ def test_find_binding_help_names_the_defaults():
     (("--accuracy-groups", "2,x"), ["--accuracy-groups '2,x' must be comma-separated integers"]),
     (("--layers", "0,99"), ["layers [0, 99]"]),
     (("--probe-role", "colour"), ["probe role 'colour'"]),
+    (("--mixing-layer", "7"), ["mixing layer 7 is not among the patched layers of tiny:llama"]),
 ])
 def test_find_binding_bad_input_is_one_line_and_writes_nothing(tmp_path, args, fragments):
     out = tmp_path / "never"
