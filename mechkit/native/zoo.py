@@ -50,6 +50,10 @@ ZOO: dict[str, ZooModel] = {
                "--mixer softmax"),
         _model("regbench-delta-net", "2-layer DeltaNet with MLPs (4 heads x 16, MLP 256)", _REGBENCH_TASK,
                _REGBENCH, "--mixer delta_net"),
+        _model("induction-attn-only", "2-layer attention-only softmax (8 heads x 8) with a planted induction circuit",
+               "MQAR (T=64, 8 key-value pairs, vocab 64)",
+               "mechkit train --task mqar --layers 2 --d-model 64 --seq-len 64 --kv-pairs 8 --vocab 64 --heads 8 "
+               "--steps 1000 --lr 1e-2 --eval-every 100 --target-accuracy 0.99 --seed 0", "--mixer softmax"),
     )
 }
 
