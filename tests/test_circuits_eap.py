@@ -27,10 +27,9 @@ EPS = 1e-5
 
 @pytest.fixture(scope="module")
 def toy_rule():
-    """The toy with the attention rule it runs with. It is built with use_attn_scale=False (scale 1), which its
-    Hugging Face config cannot say, so the Subject's rule (1/sqrt(d_head)) is set right for edges here."""
+    """The toy (built with use_attn_scale=False: TLSubject's rule then has scale 1, as the model runs)."""
     subject = induction_subject()
-    subject._rules = [AttentionRule(scale=1.0)] * subject.n_layers
+    assert [rule.scale for rule in subject._rules] == [1.0] * subject.n_layers
     return subject
 
 
@@ -231,10 +230,12 @@ def test_batched_equals_unbatched_and_runs_are_deterministic(toy_rule):
     assert one.edges()[0] == one.edges(1)[0]
 
 
-def test_a_wrong_attention_rule_is_refused(toy, toy_examples):  # noqa: F811
-    """The toy's default Subject rule scales q.k by 1/sqrt(40), not as the model does: edges would be wrong."""
+def test_a_wrong_attention_rule_is_refused(toy_examples):  # noqa: F811
+    """A Subject whose rule scales q.k by 1/sqrt(40), not as the model does: edges would be wrong."""
+    wrong = induction_subject()
+    wrong._rules = [AttentionRule(scale=40**-0.5)] * wrong.n_layers
     with pytest.raises(MechkitError, match=r"layer 0 of toy:induction does not compute z = softmax\(q k\^T\) v"):
-        edge_attribution_patching(toy, toy_examples, verbose=False)
+        edge_attribution_patching(wrong, toy_examples, verbose=False)
 
 
 def test_negatives_that_change_nothing_are_refused(toy_rule, toy_examples):  # noqa: F811

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class TLSubject(Subject):
         super().__init__(**kwargs)
         self.model = model.eval()
         self.context_length = min(self.context_length, model.cfg.n_ctx)
+        self.d_head = model.cfg.d_head
+        if not model.cfg.use_attn_scale:  # hand-built models may switch the 1/sqrt(d_head) logit scale off
+            self._rules = [dataclasses.replace(rule, scale=1.0) for rule in self._rules]
 
     @property
     def hook_names(self) -> list[str]:
