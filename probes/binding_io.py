@@ -81,6 +81,9 @@ class BindingConfig:
                                    f"{schema.name!r}; use fewer groups")
         if min(self.n_pairs, self.accuracy_prompts, self.batch_size) < 1 or self.probe_prompts < 0:
             raise MechkitError("pairs, accuracy prompts and batch size must be at least 1, probe prompts at least 0")
+        if 0 < self.probe_prompts < 5:
+            raise MechkitError(f"probe prompts {self.probe_prompts} are fewer than the probe's 5 folds (whole prompts "
+                               "per fold); use at least 5, or 0 to skip the probe")
         if self.probe_role is not None and self.probe_role not in schema.roles:
             raise MechkitError(f"probe role {self.probe_role!r} is not a role of binding task {schema.name!r}; use "
                                f"one of {', '.join(schema.roles)}")

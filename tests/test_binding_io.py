@@ -74,6 +74,7 @@ def test_config_is_checked_before_any_model_runs():
         (BindingConfig(probe_role="colour"), "probe role 'colour'"),
         (BindingConfig(layers=(1, 2), mixing_layer=5), "mixing layer 5"),
         (BindingConfig(n_pairs=0), "at least 1"),
+        (BindingConfig(probe_prompts=3), "fewer than the probe's 5 folds"),
     ]:
         with pytest.raises(MechkitError, match=fragment):
             config.check()
