@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from mechkit.cli import analysis, models, patterns, retrieval
 from mechkit.cli import binding, rhythm
 from mechkit.cli import train
+from mechkit.cli import circuits
 from mechkit.errors import MechkitError
 
 
@@ -54,6 +55,7 @@ app.command("find-ngram-heads")(patterns.find_ngram_heads)
 app.command("attention-rhythm")(rhythm.attention_rhythm)
 app.command("find-binding")(binding.find_binding)
 app.command("train")(train.train)
+app.command("find-circuit")(circuits.find_circuit_command)
 
 
 def main() -> None:
