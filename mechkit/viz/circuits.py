@@ -70,7 +70,7 @@ def head_graph(result, k: int = N_GRAPH_EDGES, title: str | None = None) -> go.F
                         hoverinfo="text", name="embed / logits")
     return fig.update_layout(title=title or f"Head graph ({result.method}): {scores.model}",
                              xaxis={"title": "layer", "dtick": 1}, yaxis={"title": "head", "dtick": 1},
-                             plot_bgcolor="white")
+                             legend={"orientation": "h", "y": -0.2}, plot_bgcolor="white")
 
 
 def roc_figure(result, title: str | None = None) -> go.Figure:
