@@ -127,8 +127,10 @@ def test_pruning_one_kind_flips_the_choice_and_random_heads_do_not(memory_scale,
 def test_mean_ablation_and_seeds_are_deterministic():
     toy, conflicts = conflict_toy(3.0, 5.0), toy_conflicts()
     scores = score_conflict_heads(toy, conflicts, verbose=False)
-    a = prune_conflict_heads(toy, conflicts, scores, ks=(1, 2), n_random=3, seed=4, verbose=False)
-    b = prune_conflict_heads(toy, conflicts, scores, ks=(1, 2), n_random=3, seed=4, verbose=False)
+    a = prune_conflict_heads(toy, conflicts, scores, ks=(1, 2), modes=("zero", "mean"), n_random=3, seed=4,
+                             verbose=False)
+    b = prune_conflict_heads(toy, conflicts, scores, ks=(1, 2), modes=("zero", "mean"), n_random=3, seed=4,
+                             verbose=False)
     assert a == b
     mean_memory = next(r for r in a if r["mode"] == "mean" and r["kind"] == "memory" and r["k"] == 1)
     assert mean_memory["mean_ld"] == pytest.approx(-5.0, abs=1e-4)  # the mean writes equal logits on e-h
