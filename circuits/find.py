@@ -16,7 +16,6 @@ value exceeds `NUMERIC_MARGIN` with an edit that brings it to at most 0.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import time
@@ -29,6 +28,7 @@ import torch
 from mechkit.circuits.examples import CircuitExamples, check_solvable
 from mechkit.errors import MechkitError
 from mechkit.heads import HeadId, parse_heads
+from mechkit.jsonl import read_jsonl
 from mechkit.scores import HeadScores
 
 METHODS = ("sae", "patching", "eap", "atp")
@@ -173,20 +173,8 @@ def find_circuit(
 def load_task_file(path: str | os.PathLike) -> list[dict]:
     """Rows of a JSONL task file, one {"positive", "negative", "answer", "wrong"} object of strings per line (blank
     lines skipped); a bad line raises a MechkitError naming the file, the line and the field."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise MechkitError(f"cannot read task file {path}: {getattr(err, 'strerror', None) or err}") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"task file {path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise MechkitError(f"{where} is not valid JSON ({err.msg} at column {err.colno})") from None
+    rows, hint = [], f"write one object with fields {', '.join(FILE_FIELDS)} per line"
+    for number, where, row in read_jsonl(path, "task file", hint):
         if not isinstance(row, dict):
             raise MechkitError(f"{where} must be a JSON object with fields {', '.join(FILE_FIELDS)}")
         for name in FILE_FIELDS:

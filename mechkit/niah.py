@@ -8,7 +8,6 @@ Lengths are in tokens of the subject's tokenizer; depths are percentages of the 
 from __future__ import annotations
 
 import bisect
-import json
 import re
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from mechkit.errors import ContextTooLongError, MechkitError
+from mechkit.jsonl import read_jsonl
 
 QUESTION_TEMPLATE = "Based on the content of the book, Question: {question}\nAnswer:"
 PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -46,19 +46,8 @@ class Needle:
 
 def load_needles(path) -> list[Needle]:
     """Needles from a UTF-8 JSONL file: one object per line with string fields needle, question, answer."""
-    path, needles, need = Path(path), [], "one JSON object per line with fields " + ", ".join(_FIELDS)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise MechkitError(f"cannot read needles file {path} ({err}); pass a UTF-8 file with {need}") from None
-    for number, line in enumerate(lines, 1):
-        where = f"needles file {path}, line {number}"
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError as err:
-            raise MechkitError(f"{where} is not valid JSON ({err.msg}); write {need}") from None
-        if record is None:
-            continue
+    needles, need = [], "one JSON object per line with fields " + ", ".join(_FIELDS)
+    for _, where, record in read_jsonl(path, "needles file", f"write {need}"):
         missing = [f for f in _FIELDS if not isinstance(record, dict) or not str(record.get(f) or "").strip()]
         if missing:
             raise MechkitError(f"{where} is missing field {missing[0]!r}; write {need} (non-empty strings)")

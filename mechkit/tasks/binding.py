@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mechkit.batch import Batch
 from mechkit.errors import MechkitError
+from mechkit.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     from mechkit.subject import Subject
@@ -189,15 +190,15 @@ def schema_from_dict(record: Any, where: str = "binding task") -> BindingSchema:
 def load_schemas(path: str | Path) -> list[BindingSchema]:
     """Schemas from a UTF-8 file: `.jsonl` (one schema object per line) or `.json` (one object or a list)."""
     path = Path(path)
-    try:
-        content = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise MechkitError(f"cannot read binding task file {path} ({err}); pass a UTF-8 JSON or JSONL file") from None
     if path.suffix == ".jsonl":
-        lines = [(n, line) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
-        schemas = [schema_from_dict(_parse(line, f"binding task file {path}, line {n}"),
-                                    f"binding task file {path}, line {n}") for n, line in lines]
+        schemas = [schema_from_dict(record, where)
+                   for _, where, record in read_jsonl(path, "binding task file", f"write {_FORMAT}")]
     else:
+        try:
+            content = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise MechkitError(f"cannot read binding task file {path} ({err}); pass a UTF-8 JSON or JSONL "
+                               "file") from None
         data = _parse(content, f"binding task file {path}")
         records = data if isinstance(data, list) else [data]
         schemas = [schema_from_dict(r, f"binding task file {path}, schema {i}") for i, r in enumerate(records)]

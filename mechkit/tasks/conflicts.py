@@ -20,7 +20,6 @@ aligned -> conflict isolates what the contradicting context changes.
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch import Tensor
 from mechkit.batch import Batch
 from mechkit.circuits.examples import CircuitExamples, last_logits
 from mechkit.errors import MechkitError
+from mechkit.jsonl import read_jsonl
 
 _REQUIRED = ("subject", "relation", "prompt", "memory", "context")
 _FORMAT = ("one JSON object per line with string fields subject, relation, prompt (a query naming {subject}), "
@@ -112,20 +112,8 @@ def fact_from_dict(record: Any, where: str = "conflict fact") -> ConflictFact:
 
 def load_facts(path: str | Path) -> list[ConflictFact]:
     """Facts from a UTF-8 JSONL file (blank lines are skipped); a bad line raises naming file, line and field."""
-    path = Path(path)
-    try:
-        content = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise MechkitError(f"cannot read conflict fact file {path} ({err}); pass a UTF-8 JSONL file") from None
     facts, seen = [], {}
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"conflict fact file {path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise MechkitError(f"{where} is not valid JSON ({err.msg} at column {err.colno}); write {_FORMAT}") from None
+    for number, where, record in read_jsonl(path, "conflict fact file", f"write {_FORMAT}"):
         fact = fact_from_dict(record, where)
         key = (fact.subject, fact.prompt)
         if key in seen:
