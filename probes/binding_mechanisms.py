@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechkit.errors import MechkitError
+from mechkit.interventions import ActivationPatch
 from mechkit.subject import Subject
 from mechkit.tasks.binding import BindingPrompt, BindingSchema, encode_prompts, get_task, make_prompts
 
@@ -115,9 +116,13 @@ class InterchangeResult:
         hits = predicted[..., None] == self.targets[None]
         return torch.where(hits.any(-1), hits.long().argmax(-1), len(MECHANISMS) - 1)
 
+    def _kept(self, only_correct: bool) -> Tensor:
+        """[pair] mask of the pairs counted: those answered correctly unpatched, or all."""
+        return self.clean_correct if only_correct else torch.ones_like(self.clean_correct)
+
     def shares(self, only_correct: bool = True) -> Float[Tensor, "layer mechanism"]:
         """Share of pairs per outcome at each layer, over the pairs answered correctly when unpatched (default)."""
-        keep = self.clean_correct if only_correct else torch.ones_like(self.clean_correct)
+        keep = self._kept(only_correct)
         if not keep.any():
             raise MechkitError(f"{self.model} answers none of the {len(keep)} pairs correctly; pass only_correct=False "
                                "or use fewer groups")
@@ -126,7 +131,7 @@ class InterchangeResult:
 
     def shares_by_position(self, layer: int, only_correct: bool = True) -> Float[Tensor, "position mechanism"]:
         """Outcome shares at `layer` per counterfactual query position q' (NaN rows where no pair is kept)."""
-        keep = self.clean_correct if only_correct else torch.ones_like(self.clean_correct)
+        keep = self._kept(only_correct)
         row = self.layers.index(layer)
         onehot = torch.nn.functional.one_hot(self.outcome[row], len(MECHANISMS)).double()
         positional = self.targets[:, 0]
@@ -139,11 +144,11 @@ class InterchangeResult:
     def records(self, only_correct: bool = True) -> list[dict]:
         """Tidy rows: model, task, query, n_groups, layer, query_position ("all" or q'), mechanism, share,
         n_pairs, seed."""
-        keep = self.clean_correct if only_correct else torch.ones_like(self.clean_correct)
-        positional = self.targets[:, 0]
+        keep = self._kept(only_correct)
+        positional, overall = self.targets[:, 0], self.shares(only_correct)
         rows = []
         for row, layer in enumerate(self.layers):
-            cells = [("all", self.shares(only_correct)[row], int(keep.sum()))]
+            cells = [("all", overall[row], int(keep.sum()))]
             by_position = self.shares_by_position(layer, only_correct)
             cells += [(p, by_position[p], int((keep & (positional == p)).sum())) for p in range(self.n_groups)]
             rows += [dict(model=self.model, task=self.task, query=self.query, n_groups=self.n_groups, layer=layer,
@@ -182,9 +187,11 @@ def interchange(
     for start in tqdm(range(0, n_pairs, batch_size), desc=f"interchange, {n_groups} groups", disable=not verbose):
         rows = list(range(start, min(start + batch_size, n_pairs)))
         cf_logits, cache = subject.run_with_cache(counterfactuals.batch.select(rows), names, last_only=True)
-        sources = {name: cache[name][:, -1] for name in names}
-        variants = [[]] + [[(name, _last_token_writer(sources[name]))] for name in names]
-        patched = subject.run_last_token_variants(originals.batch.select(rows), variants).float().cpu()
+        batch = originals.batch.select(rows)
+        # run_last_token_variants shows hooks the last position only, so the patch is the source's last position
+        patches = [ActivationPatch(name, cache[name][:, -1:], positions=(-1,)) for name in names]
+        variants = [[]] + [patch.hooks(subject, batch) for patch in patches]
+        patched = subject.run_last_token_variants(batch, variants).float().cpu()
         ids = originals.candidate_ids[rows]
         clean = patched[0].gather(-1, ids).argmax(-1) == originals.answer_index[rows]
         cf_ids = counterfactuals.candidate_ids[rows].to(cf_logits.device)
@@ -195,13 +202,3 @@ def interchange(
     return InterchangeResult(subject.model_id, schema.name, schema.query(query).name, n_groups, seed, layers,
                              torch.cat(logits, dim=1), targets, torch.cat(correct))
 
-
-def _last_token_writer(source: Tensor):
-    """A hook setting the last position of its activation to `source` [batch, d_model]."""
-
-    def write(tensor, *, hook):
-        tensor = tensor.clone()
-        tensor[:, -1] = source.to(tensor)
-        return tensor
-
-    return write
