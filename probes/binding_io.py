@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from mechkit.errors import MechkitError
@@ -161,7 +160,7 @@ def analyse_binding(subject: Subject, config: BindingConfig, verbose: bool = Tru
 
 
 def _fit_mixing(result: InterchangeResult, layer: int, config: BindingConfig, verbose: bool, warnings: list[str]):
-    keep = result.clean_correct if config.only_correct else torch.ones_like(result.clean_correct)
+    keep = result.counted(config.only_correct)
     targets = result.targets[keep]
     probs = result.answer_probs(layer)[keep]
     cells, means, _ = cell_targets(targets[:, 0], targets[:, 1], targets[:, 2], probs.double())

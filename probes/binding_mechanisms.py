@@ -116,13 +116,13 @@ class InterchangeResult:
         hits = predicted[..., None] == self.targets[None]
         return torch.where(hits.any(-1), hits.long().argmax(-1), len(MECHANISMS) - 1)
 
-    def _kept(self, only_correct: bool) -> Tensor:
+    def counted(self, only_correct: bool) -> Tensor:
         """[pair] mask of the pairs counted: those answered correctly unpatched, or all."""
         return self.clean_correct if only_correct else torch.ones_like(self.clean_correct)
 
     def shares(self, only_correct: bool = True) -> Float[Tensor, "layer mechanism"]:
         """Share of pairs per outcome at each layer, over the pairs answered correctly when unpatched (default)."""
-        keep = self._kept(only_correct)
+        keep = self.counted(only_correct)
         if not keep.any():
             raise MechkitError(f"{self.model} answers none of the {len(keep)} pairs correctly; pass only_correct=False "
                                "or use fewer groups")
@@ -131,7 +131,7 @@ class InterchangeResult:
 
     def shares_by_position(self, layer: int, only_correct: bool = True) -> Float[Tensor, "position mechanism"]:
         """Outcome shares at `layer` per counterfactual query position q' (NaN rows where no pair is kept)."""
-        keep = self._kept(only_correct)
+        keep = self.counted(only_correct)
         row = self.layers.index(layer)
         onehot = torch.nn.functional.one_hot(self.outcome[row], len(MECHANISMS)).double()
         positional = self.targets[:, 0]
@@ -144,7 +144,7 @@ class InterchangeResult:
     def records(self, only_correct: bool = True) -> list[dict]:
         """Tidy rows: model, task, query, n_groups, layer, query_position ("all" or q'), mechanism, share,
         n_pairs, seed."""
-        keep = self._kept(only_correct)
+        keep = self.counted(only_correct)
         positional, overall = self.targets[:, 0], self.shares(only_correct)
         rows = []
         for row, layer in enumerate(self.layers):
