@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import torch
 
+from mechkit.probes.binding_mechanisms import MECHANISMS
+
 COLORS = {"positional": "#1f77b4", "lexical": "#2ca02c", "reflexive": "#d62728", "no_effect": "#7f7f7f",
           "other": "#bcbd22"}
 
@@ -29,8 +31,6 @@ def accuracy_figure(accuracy, title: str = "Task accuracy") -> go.Figure:
 def mechanism_layers_figure(result, title: str = "Mechanism shares by layer", only_correct: bool = True) -> go.Figure:
     """Share of each outcome (positional, lexical, reflexive, no effect, other) against the patched layer
     (`result` a `mechkit.probes.binding_mechanisms.InterchangeResult`). only_correct: as in `InterchangeResult.shares`."""
-    from mechkit.probes.binding_mechanisms import MECHANISMS
-
     shares = result.shares(only_correct)
     fig = go.Figure()
     for m, name in enumerate(MECHANISMS):
@@ -45,8 +45,6 @@ def mechanism_grid(result, mechanism: str = "positional", title: str | None = No
                    only_correct: bool = True) -> go.Figure:
     """Heatmap of one mechanism's share: layer (rows) x counterfactual query position (columns); hovering a cell
     shows `L{layer} position {q}` and the share."""
-    from mechkit.probes.binding_mechanisms import MECHANISMS
-
     m = MECHANISMS.index(mechanism)
     z = torch.stack([result.shares_by_position(layer, only_correct)[:, m] for layer in result.layers])
     labels = [[f"L{layer} position {q}" for q in range(result.n_groups)] for layer in result.layers]
@@ -61,8 +59,6 @@ def mechanism_grid(result, mechanism: str = "positional", title: str | None = No
 
 def mechanism_positions_figure(result, layer: int, title: str | None = None, only_correct: bool = True) -> go.Figure:
     """Stacked outcome shares per counterfactual query position at `layer` (the lost-in-the-middle picture)."""
-    from mechkit.probes.binding_mechanisms import MECHANISMS
-
     shares = result.shares_by_position(layer, only_correct)
     fig = go.Figure()
     for m, name in enumerate(MECHANISMS):
