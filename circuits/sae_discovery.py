@@ -1,6 +1,7 @@
 """Circuit discovery with a discrete sparse autoencoder (O'Neill & Bui 2024, arXiv 2405.12522).
 
-Each head's output (z @ W_O, TransformerLens' hook_result) is mean-pooled over the real tokens of a prompt; one small
+Each head's output (z @ W_O, TransformerLens' hook_result) is mean-pooled over the real tokens of a prompt (or, with
+`pooling="last"`, read at the last token, where every task here is scored); one small
 SAE, shared by all heads, is trained on a handful of prompts; each (prompt, head) vector becomes an integer code, the
 argmax latent. A head scores by the codes it shows on positives and never on negatives (node score), a head pair by
 the code pairs seen on positives and never on negatives (edge score). Defaults follow the reference code
@@ -30,7 +31,8 @@ class SAEDiscoveryConfig:
 
     n_latents: SAE dictionary size F; l1_coeff: λ of the loss MSE + λ·mean L1(latents); lr, n_epochs: Adam,
     full batch; n_sae_examples: prompts (drawn from the shuffled positives + negatives) whose head vectors train
-    the SAE; normalize_node: divide the node score by the number of distinct codes of the head; edge_top_pairs:
+    the SAE; pooling: "mean" (the paper's: each head's output averaged over the real tokens) or "last" (its output at
+    the last token, the read position); normalize_node: divide the node score by the number of distinct codes of the head; edge_top_pairs:
     head pairs counted for the edge-derived head score (None: n_heads_total² / 8 unordered pairs, the reference's
     first n_heads_total² / 2 entries of its flattened ordered pair list); batch_size: prompts per forward pass;
     min_accuracy / criterion / on_unsolvable: the solvability check on the positives (`check_solvable`).
@@ -41,6 +43,7 @@ class SAEDiscoveryConfig:
     lr: float = 1e-3
     n_epochs: int = 500
     n_sae_examples: int = 10
+    pooling: str = "mean"
     normalize_node: bool = False
     edge_top_pairs: int | None = None
     batch_size: int = 32
@@ -69,14 +72,20 @@ class SAEDiscoveryResult:
     config: dict = field(default_factory=dict)
 
 
+POOLINGS = ("mean", "last")
+
+
 def head_features(
-    subject, batch: Batch, batch_size: int = 32, verbose: bool = False
+    subject, batch: Batch, batch_size: int = 32, verbose: bool = False, pooling: str = "mean"
 ) -> Float[Tensor, "batch head d_model"]:
-    """Each head's output z @ W_O, mean-pooled over the real (non-padding) positions of each prompt (float32, CPU).
+    """Each head's output z @ W_O, mean-pooled over the real (non-padding) positions of each prompt (`pooling="mean"`)
+    or taken at its last position (`"last"`; batches are left-padded, so that is the last real token); float32, CPU.
 
     Heads are layer-major (index layer * n_heads + head). Pooling z before W_O gives the same numbers at a fraction
     of the memory.
     """
+    if pooling not in POOLINGS:
+        raise MechkitError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(subject.n_layers)]
     W_O = [subject.W_O(layer).float().cpu() for layer in range(subject.n_layers)]
     out = []
@@ -88,7 +97,7 @@ def head_features(
         layers = []
         for layer, name in enumerate(names):
             z = cache[name].float().cpu()
-            pooled = (z * mask).sum(1) / mask.sum(1)  # [batch, head, d_head]
+            pooled = z[:, -1] if pooling == "last" else (z * mask).sum(1) / mask.sum(1)  # [batch, head, d_head]
             layers.append(torch.einsum("bhd,hdm->bhm", pooled, W_O[layer]))
         out.append(torch.cat(layers, dim=1))
     return torch.cat(out)
@@ -207,9 +216,11 @@ def discover_circuit_sae(
         )
     if config.n_sae_examples < 1 or config.n_latents < 1 or config.n_epochs < 0:
         raise MechkitError("n_sae_examples and n_latents must be at least 1 and n_epochs at least 0; fix the config")
+    if config.pooling not in POOLINGS:
+        raise MechkitError(f"unknown pooling {config.pooling!r}; use one of {', '.join(POOLINGS)}")
     accuracy = check_solvable(subject, examples, config.min_accuracy, config.criterion, config.on_unsolvable,
                               config.batch_size)
-    features = torch.cat([head_features(subject, batch, config.batch_size, verbose)
+    features = torch.cat([head_features(subject, batch, config.batch_size, verbose, config.pooling)
                           for batch in (examples.positives, examples.negatives)])  # [2n, head, d_model]
     generator = torch.Generator().manual_seed(config.seed)
     train = features[torch.randperm(2 * n, generator=generator)[:config.n_sae_examples]]

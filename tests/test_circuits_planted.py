@@ -104,3 +104,12 @@ def test_sae_discovery_against_the_planted_circuit(subject, examples, circuit):
     assert roc_auc(result.node, circuit.heads) >= 0.80
     assert roc_auc(result.edge, circuit.heads) >= 0.72
     assert torch.isfinite(result.node.scores).all()
+
+
+@pytest.mark.parametrize("seed", [0, 3, 7])
+def test_sae_with_last_token_pooling_meets_the_target_on_edges(subject, examples, circuit, seed):
+    """Pooling at the read position: measured over SAE seeds 0-9 on these examples, edge-derived AUC 1.0 every time,
+    node AUC 0.875-1.0 (mean 0.949; seed 7 is the lowest)."""
+    result = discover_circuit_sae(subject, examples, SAEDiscoveryConfig(seed=seed, pooling="last"), verbose=False)
+    assert roc_auc(result.edge, circuit.heads) >= 0.95
+    assert roc_auc(result.node, circuit.heads) >= 0.85

@@ -33,6 +33,19 @@ def test_features_are_head_results_mean_pooled_over_real_tokens(toy, toy_example
         torch.testing.assert_close(features[row], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_last_pooling_reads_the_last_token(toy, toy_examples):  # noqa: F811
+    batch = toy_examples.positives
+    features = head_features(toy, batch, batch_size=5, pooling="last")
+    for row in (0, 1):  # different lengths: the last column is each prompt's last real token
+        single = batch.select([row])
+        expected = torch.cat([toy.head_results(single, layer)[0, -1] for layer in range(toy.n_layers)])
+        torch.testing.assert_close(features[row], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(MechkitError, match="unknown pooling 'max'"):
+        head_features(toy, batch, pooling="max")
+    with pytest.raises(MechkitError, match="unknown pooling 'max'"):
+        discover_circuit_sae(toy, toy_examples, SAEDiscoveryConfig(pooling="max"), verbose=False)
+
+
 def test_node_and_edge_scores_by_hand():
     # heads: 0 = same codes on both sides, 1 = two codes only on positives, 2 = one code shared
     pos = torch.tensor([[3, 1, 5], [3, 2, 5], [4, 1, 6]])
