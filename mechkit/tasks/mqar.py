@@ -24,6 +24,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechkit.errors import MechkitError
+from mechkit.niah import Needle, Trial
 
 SPLITS = ("train", "test")
 IGNORE = -100
@@ -119,3 +120,22 @@ def accuracy(pred_ids: Int[Tensor, "n seq"], labels: Int[Tensor, "n seq"]) -> fl
     if not keep.any():
         raise MechkitError("these labels have no query position; pass MQAR labels")
     return float((pred_ids.to(labels.device) == labels)[keep].float().mean())
+
+
+def retrieval_trials(config: MQARConfig, tokenizer, split: str = "test") -> list[Trial]:
+    """MQAR as needle-in-a-haystack trials for the retrieval-head probe (`mechkit.probes.retrieval.run_trials` with
+    `max_new_tokens=1, stops=()`): each example is cut after its last query whose key occurs once before it; the
+    answer is that key's value and the answer span its value's slot, so a head scores when its most-attended key is
+    the value it lets the model copy. Examples without such a query are skipped."""
+    tokens, labels = split_tensors(config, split)
+    trials = []
+    for i, (row, label) in enumerate(zip(tokens.tolist(), labels.tolist())):
+        usable = [q for q, value in enumerate(label) if value != IGNORE and row[:q].count(row[q]) == 1]
+        if not usable:
+            continue
+        q = usable[-1]
+        slot = row.index(row[q]) + 1  # the value after the key's only earlier occurrence
+        key, value = tokenizer.decode([row[q]]), tokenizer.decode([label[q]])
+        trials.append(Trial(f"{split}-{i}", 0, q + 1, 100.0 * slot / (q + 1), Needle(f"{key} {value}", key, value),
+                            tokenizer.decode(row[:q + 1]), row[:q + 1], (slot, slot + 1), (slot - 1, slot + 1)))
+    return trials
