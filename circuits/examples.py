@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechkit.batch import Batch
@@ -146,26 +146,31 @@ def last_logits(subject, batch: Batch, interventions=(), fwd_hooks=()) -> Float[
     return subject.run_with_hooks(batch, fwd_hooks, interventions, last_only=True)[:, -1]
 
 
-def task_accuracy(subject, examples: CircuitExamples, criterion: str = "argmax", batch_size: int = 32) -> float:
-    """Fraction of positives solved: "argmax" (the answer is the top token over the vocabulary) or "beats_wrong"
-    (the answer's logit exceeds the wrong token's)."""
+def solved(
+    logits: Float[Tensor, "batch vocab"], examples: CircuitExamples, criterion: str, model_id: str
+) -> Bool[Tensor, " batch"]:
+    """Which positives of `examples` the last-position `logits` of their prompts solve ("argmax": the answer is the
+    top token; "beats_wrong": the answer's logit exceeds the wrong token's)."""
     if criterion not in CRITERIA:
         raise MechkitError(f"unknown accuracy criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
-    correct = 0
-    for chunk in examples.chunks(batch_size):
-        logits = last_logits(subject, chunk.positives)
-        vocab = logits.shape[-1]
-        ids = torch.cat([chunk.answer_ids, chunk.wrong_ids])
-        if int(ids.max()) >= vocab or int(ids.min()) < 0:
-            raise MechkitError(
-                f"task {examples.name!r} has answer or wrong token ids outside {subject.model_id}'s vocabulary of "
-                f"{vocab}; build the task with this model's tokenizer"
-            )
-        if criterion == "argmax":
-            hits = logits.argmax(-1).cpu() == chunk.answer_ids
-        else:
-            hits = logit_diff(logits, chunk.answer_ids, chunk.wrong_ids).cpu() > 0
-        correct += int(hits.sum())
+    vocab = logits.shape[-1]
+    ids = torch.cat([examples.answer_ids, examples.wrong_ids])
+    if int(ids.max()) >= vocab or int(ids.min()) < 0:
+        raise MechkitError(
+            f"task {examples.name!r} has answer or wrong token ids outside {model_id}'s vocabulary of "
+            f"{vocab}; build the task with this model's tokenizer"
+        )
+    if criterion == "argmax":
+        return logits.argmax(-1).cpu() == examples.answer_ids
+    return logit_diff(logits, examples.answer_ids, examples.wrong_ids).cpu() > 0
+
+
+def task_accuracy(subject, examples: CircuitExamples, criterion: str = "argmax", batch_size: int = 32) -> float:
+    """Fraction of positives solved (`solved`: "argmax" or "beats_wrong")."""
+    if criterion not in CRITERIA:
+        raise MechkitError(f"unknown accuracy criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
+    correct = sum(int(solved(last_logits(subject, chunk.positives), chunk, criterion, subject.model_id).sum())
+                  for chunk in examples.chunks(batch_size))
     return correct / len(examples)
 
 
@@ -176,12 +181,17 @@ def check_solvable(
     criterion: str = "argmax",
     on_fail: str = "raise",
     batch_size: int = 32,
+    logits: Float[Tensor, "n vocab"] | None = None,
 ) -> float:
-    """The model's accuracy on the positives (`task_accuracy`); below `min_accuracy` raise a MechkitError
-    (`on_fail="raise"`) or warn (`"warn"`), since scoring heads on a task the model cannot do means nothing."""
+    """The model's accuracy on the positives (`task_accuracy`, or from their last-position `logits` when a caller
+    already ran them); below `min_accuracy` raise a MechkitError (`on_fail="raise"`) or warn (`"warn"`), since
+    scoring heads on a task the model cannot do means nothing."""
     if on_fail not in ("raise", "warn"):
         raise MechkitError(f"on_fail must be 'raise' or 'warn', got {on_fail!r}")
-    accuracy = task_accuracy(subject, examples, criterion, batch_size)
+    if logits is None:
+        accuracy = task_accuracy(subject, examples, criterion, batch_size)
+    else:
+        accuracy = float(solved(logits, examples, criterion, subject.model_id).float().mean())
     if accuracy < min_accuracy:
         message = (
             f"{subject.model_id} solves only {accuracy:.1%} of the {len(examples)} positives of task "

@@ -84,15 +84,23 @@ def head_features(
     Heads are layer-major (index layer * n_heads + head). Pooling z before W_O gives the same numbers at a fraction
     of the memory.
     """
+    return head_features_and_logits(subject, batch, batch_size, verbose, pooling)[0]
+
+
+def head_features_and_logits(
+    subject, batch: Batch, batch_size: int = 32, verbose: bool = False, pooling: str = "mean"
+) -> tuple[Float[Tensor, "batch head d_model"], Float[Tensor, "batch vocab"]]:
+    """`head_features` and, from the same forward passes, the last-position logits of each prompt."""
     if pooling not in POOLINGS:
         raise MechkitError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(subject.n_layers)]
     W_O = [subject.W_O(layer).float().cpu() for layer in range(subject.n_layers)]
-    out = []
+    out, logits = [], []
     starts = range(0, len(batch), batch_size)
     for start in tqdm(starts, desc="head outputs", disable=not verbose):
         chunk = batch.select(slice(start, start + batch_size))
-        _, cache = subject.run_with_cache(chunk, names_filter=names, last_only=True)
+        chunk_logits, cache = subject.run_with_cache(chunk, names_filter=names, last_only=True)
+        logits.append(chunk_logits[:, -1].float().cpu())
         mask = chunk.attention_mask.float()[:, :, None, None]
         layers = []
         for layer, name in enumerate(names):
@@ -100,7 +108,7 @@ def head_features(
             pooled = z[:, -1] if pooling == "last" else (z * mask).sum(1) / mask.sum(1)  # [batch, head, d_head]
             layers.append(torch.einsum("bhd,hdm->bhm", pooled, W_O[layer]))
         out.append(torch.cat(layers, dim=1))
-    return torch.cat(out)
+    return torch.cat(out), torch.cat(logits)
 
 
 class DiscreteSAE(nn.Module):
@@ -203,7 +211,8 @@ def discover_circuit_sae(
 ) -> SAEDiscoveryResult:
     """Rank heads (node and edge-derived scores) and head pairs of `examples`' task with a discrete SAE.
 
-    Checks first that the model solves the positives (`config.min_accuracy`) and that there are enough prompts.
+    Checks first that there are enough prompts, and that the model solves the positives (`config.min_accuracy`, from
+    the logits of the same forward pass that reads their head outputs, before the negatives run).
     """
     config = config or SAEDiscoveryConfig()
     n = len(examples)
@@ -218,10 +227,12 @@ def discover_circuit_sae(
         raise MechkitError("n_sae_examples and n_latents must be at least 1 and n_epochs at least 0; fix the config")
     if config.pooling not in POOLINGS:
         raise MechkitError(f"unknown pooling {config.pooling!r}; use one of {', '.join(POOLINGS)}")
+    positives, logits = head_features_and_logits(subject, examples.positives, config.batch_size, verbose,
+                                                 config.pooling)
     accuracy = check_solvable(subject, examples, config.min_accuracy, config.criterion, config.on_unsolvable,
-                              config.batch_size)
-    features = torch.cat([head_features(subject, batch, config.batch_size, verbose, config.pooling)
-                          for batch in (examples.positives, examples.negatives)])  # [2n, head, d_model]
+                              logits=logits)
+    negatives = head_features(subject, examples.negatives, config.batch_size, verbose, config.pooling)
+    features = torch.cat([positives, negatives])  # [2n, head, d_model]
     generator = torch.Generator().manual_seed(config.seed)
     train = features[torch.randperm(2 * n, generator=generator)[:config.n_sae_examples]]
     sae, loss = train_sae(train.flatten(0, 1), config, generator, verbose)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechkit.circuits.examples import CircuitExamples, check_solvable, logit_diff, task_accuracy
+from mechkit.circuits.examples import CircuitExamples, check_solvable, last_logits, logit_diff, task_accuracy
 from mechkit.circuits.patching import head_patching
 from mechkit.circuits.sae_discovery import SAEDiscoveryConfig, discover_circuit_sae
 from mechkit.errors import MechkitError
@@ -67,6 +67,10 @@ def test_unsolvable_positives_raise_with_the_accuracy(toy, toy_examples):  # noq
         check_solvable(toy, bad, min_accuracy=0.8)
     with pytest.warns(UserWarning, match=r"solves only 50\.0%"):
         assert check_solvable(toy, bad, min_accuracy=0.8, on_fail="warn") == 0.5
+    logits = torch.cat([last_logits(toy, chunk.positives) for chunk in bad.chunks(5)])  # from a caller's own run
+    with pytest.raises(MechkitError, match=r"solves only 50\.0% of the 24 positives"):
+        check_solvable(toy, bad, min_accuracy=0.8, logits=logits)
+    assert check_solvable(toy, toy_examples, logits=logits) == task_accuracy(toy, toy_examples) == 1.0
 
 
 def test_discovery_refuses_a_model_that_cannot_do_the_task(tiny_tl):
