@@ -9,11 +9,11 @@ Per chunk of C tokens with entering state S, chunk-local G = cumsum(g), Γ_ij = 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ..checks import compute_dtype, n_chunks
+from ..checks import compute_dtype
+from ..chunking import bmm, from_chunks, to_chunks
 from .inputs import check_delta_net
 
 
@@ -27,41 +27,36 @@ def decay_matrix(G: Tensor) -> Tensor:
 def delta_net_chunks(q, k, v, beta, g, write_scale, h0, scale: float, chunk_size: int):
     """Unchecked core of `chunk_delta_net`: return (o, final_state, states)."""
     (B, T, H, K), V = q.shape, v.shape[-1]
-    C, N, dt = chunk_size, n_chunks(T, chunk_size), compute_dtype(q.dtype)
-
-    def chunked(x):  # [B, T, H, ...] -> [B, H, N, C, ...], zero-padded at the end
-        x = x.to(dt).reshape(B, T, H, -1)
-        return F.pad(x, (0, 0, 0, 0, 0, N * C - T)).reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4)
-
-    qc, kc, vc, bc = chunked(q) * scale, chunked(k), chunked(v), chunked(beta)
-    wc = kc if write_scale is None else kc * write_scale.to(dt)[None, :, None, None, :]
+    C, dt = chunk_size, compute_dtype(q.dtype)
+    # Chunk axis first: the recurrence over chunks reads one contiguous [B, H, C, d] block per step.
+    qc, kc, vc, bc = (to_chunks(x, C, dt, chunk_first=True) for x in (q, k, v, beta))  # [N, B, H, C, d]
+    qc = qc * scale
+    wc = kc if write_scale is None else kc * write_scale.to(dt)[:, None, :]
     # Without decay (g None) Γ is the lower-triangular ones and e^G = 1: the C x C exponentials are skipped.
-    G = None if g is None else chunked(g).cumsum(-2)  # [B, H, N, C, 1]
+    G = None if g is None else to_chunks(g, C, dt, chunk_first=True).cumsum(-2)  # [N, B, H, C, 1]
     decay = None if G is None else decay_matrix(G[..., 0])
-
-    def gated(x, diagonal: int):  # x ⊙ Γ, kept from `diagonal` down
-        return (x if decay is None else x * decay).tril(diagonal)
-
-    A = gated(bc * (kc @ wc.transpose(-1, -2)), -1)
-    # unitriangular=True reads only the strict lower part: this solves (I + A) X = rhs.
+    # unitriangular=True reads only the strict lower part of A (so it needs no mask): this solves (I + A) X = rhs.
+    A = bc * bmm(kc, wc.transpose(-1, -2))
+    if decay is not None:
+        A = A * decay
     rhs = torch.cat([bc * vc, bc * kc if G is None else bc * G.exp() * kc], dim=-1)
     U, W = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True).split([V, K], dim=-1)
+    if G is None:
+        writes = wc.transpose(-1, -2)
+    else:
+        writes = (wc * (G[..., -1:, :] - G).exp()).transpose(-1, -2)
+        step_decay = G[..., -1:, :].exp()  # [N, B, H, 1, 1]
     S = kc.new_zeros(B, H, K, V) if h0 is None else h0.to(dt)
     states, v_new = [], []
-    for n in range(N):
+    for n in range(qc.shape[0]):
         states.append(S)
-        v_new.append(U[:, :, n] - W[:, :, n] @ S)
-        if G is None:
-            S = S + wc[:, :, n].transpose(-1, -2) @ v_new[-1]
-        else:
-            G_n = G[:, :, n]
-            tail = (wc[:, :, n] * (G_n[:, :, -1:] - G_n).exp()).transpose(-1, -2)
-            S = G_n[:, :, -1:].exp() * S + tail @ v_new[-1]
-    states, v_new = torch.stack(states, dim=2), torch.stack(v_new, dim=2)
-    inter = qc @ states if G is None else (qc * G.exp()) @ states
-    o = inter + gated(qc @ wc.transpose(-1, -2), 0) @ v_new
-    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T].to(q.dtype)
-    return o, S, states
+        v_new.append(U[n] - W[n] @ S)
+        S = (S if G is None else step_decay[n] * S) + writes[n] @ v_new[-1]
+    states, v_new = torch.stack(states), torch.stack(v_new)  # [N, B, H, K, V], [N, B, H, C, V]
+    inter = bmm(qc if G is None else qc * G.exp(), states)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril() if decay is None else decay
+    o = inter + bmm(bmm(qc, wc.transpose(-1, -2)) * causal, v_new)
+    return from_chunks(o, T, chunk_first=True).to(q.dtype), S, states.movedim(0, 2)
 
 
 def chunk_delta_net(

@@ -7,31 +7,30 @@ Per chunk c of C tokens: `S_c = S_0 + Σ_{c'<c} K_{c'}ᵀ V_{c'}` (an exclusive 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ..checks import compute_dtype, n_chunks
+from ..checks import compute_dtype
+from ..chunking import bmm, from_chunks, to_chunks
 from .inputs import append_ones, check_linear_attn, divide_by_normalizer
 
 
 def linear_attn_chunks(q, k, v, h0, normalize: bool, scale: float, chunk_size: int):
     """Unchecked core of `chunk_linear_attn`: return (o, final_state, states)."""
-    (B, T, H, K), C = q.shape, chunk_size
-    N, dt = n_chunks(T, C), compute_dtype(q.dtype)
-
-    def chunked(x):  # [B, T, H, d] -> [B, H, N, C, d], zero-padded at the end
-        x = F.pad(x.to(dt), (0, 0, 0, 0, 0, N * C - T))
-        return x.reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4)
-
-    qc, kc, vc = chunked(q) * scale, chunked(k), chunked(append_ones(v, normalize))
-    kv = kc.transpose(-1, -2) @ vc  # [B, H, N, K, d_s]
-    h0 = kv.new_zeros(B, H, 1, K, vc.shape[-1]) if h0 is None else h0.to(dt)[:, :, None]
-    S = h0 + torch.cumsum(torch.cat([torch.zeros_like(kv[:, :, :1]), kv], dim=2), dim=2)  # [B, H, N+1, K, d_s]
+    T, C, dt = q.shape[1], chunk_size, compute_dtype(q.dtype)
+    qc, kc, vc = (to_chunks(x, C, dt) for x in (q, k, append_ones(v, normalize)))  # [B, H, N, C, d]
+    qc = qc * scale
+    kv = bmm(kc.transpose(-1, -2), vc)  # [B, H, N, K, d_s]
+    # States entering each chunk: an exclusive prefix sum over chunks, as one matmul (cumsum over a middle dim is slow)
+    N = kv.shape[2]
+    before = torch.ones(N, N, dtype=dt, device=q.device).tril(-1)
+    S = (before @ kv.flatten(-2)).view_as(kv)
+    if h0 is not None:
+        S = S + h0.to(dt)[:, :, None]
+    final = S[:, :, -1] + kv[:, :, -1]
     mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    o = qc @ S[:, :, :-1] + ((qc @ kc.transpose(-1, -2)) * mask) @ vc
-    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, -1)[:, :T]
-    return divide_by_normalizer(o, normalize).to(q.dtype), S[:, :, -1], S[:, :, :-1]
+    o = bmm(qc, S) + bmm(bmm(qc, kc.transpose(-1, -2)) * mask, vc)
+    return divide_by_normalizer(from_chunks(o, T), normalize).to(q.dtype), final, S
 
 
 def chunk_linear_attn(

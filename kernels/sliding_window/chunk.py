@@ -17,15 +17,16 @@ def sliding_window_chunks(q, k, v, window: int | None, momentum: float, scale: f
     """Unchecked core of `chunk_sliding_window_attn`."""
     dt, T = compute_dtype(q.dtype), q.shape[1]
     q, k, v = momentum_shear(q.to(dt), momentum) * scale, momentum_shear(k.to(dt), momentum), v.to(dt)
+    q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # [B, H, T, d]: chunks are plain strided views
     pos = torch.arange(T, device=q.device)
     o = []
     for start in range(0, T, chunk_size):
         end = min(start + chunk_size, T)
         lo = 0 if window is None else max(0, start - window + 1)
-        scores = torch.einsum("bthk,bshk->bhts", q[:, start:end], k[:, lo:end])
+        scores = q[:, :, start:end] @ k[:, :, lo:end].transpose(-1, -2)  # [B, H, t, s]
         scores = scores.masked_fill(~visible(pos[start:end], pos[lo:end], window), -torch.inf)
-        o.append(torch.einsum("bhts,bshv->bthv", scores.softmax(-1), v[:, lo:end]))
-    return torch.cat(o, dim=1)
+        o.append(scores.softmax(-1) @ v[:, :, lo:end])
+    return torch.cat(o, dim=2).transpose(1, 2)
 
 
 def chunk_sliding_window_attn(
