@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from mechkit.cli import analysis, models, patterns, retrieval
 from mechkit.cli import binding, rhythm
 from mechkit.cli import train
-from mechkit.cli import circuits
+from mechkit.cli import circuits, conflicts
 from mechkit.errors import MechkitError
 
 
@@ -56,6 +56,7 @@ app.command("attention-rhythm")(rhythm.attention_rhythm)
 app.command("find-binding")(binding.find_binding)
 app.command("train")(train.train)
 app.command("find-circuit")(circuits.find_circuit_command)
+app.command("conflict-heads")(conflicts.conflict_heads_command)
 
 
 def main() -> None:
