@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechkit.circuits.examples import CircuitExamples, check_solvable
+from mechkit.circuits.examples import CircuitExamples
 from mechkit.errors import MechkitError
 from mechkit.heads import HeadId, parse_heads
 from mechkit.jsonl import read_jsonl
@@ -49,7 +49,8 @@ class CircuitResult:
     accuracy: the model's on the positives; wall_s: seconds of the method (solvability check included); metrics:
     with a ground truth, roc_auc / best_f1 / precision_at_k / recall_at_k (k = |true|) of the ranking by |score|,
     None without one or when it covers every head (`note` says so); extra: method numbers (clean / corrupt metric,
-    SAE loss and dead fraction)."""
+    SAE loss and dead fraction; with a ground truth, the SAE's edge-derived head score judged the same way as
+    edge_metrics)."""
 
     task: str
     method: str
@@ -73,6 +74,8 @@ class CircuitResult:
             lines.append(f"ground truth {', '.join(h.label for h in self.true_heads)}: ROC-AUC {m['roc_auc']:.3f}, "
                          f"best F1 {m['best_f1']:.3f}, precision@{m['k']} {m['precision_at_k']:.3f}, "
                          f"recall@{m['k']} {m['recall_at_k']:.3f}")
+        if self.extra.get("edge_metrics"):
+            lines.append(f"SAE edge-derived head score: ROC-AUC {self.extra['edge_metrics']['roc_auc']:.3f}")
         if self.note:
             lines.append(f"note: {self.note}")
         return lines
@@ -132,8 +135,7 @@ def find_circuit(
         raise MechkitError(f"{subject.model_id} attends both ways (bidirectional attention) and EAP attributes edges "
                            "through causal softmax patterns only; use --method atp (node attribution patching)")
     truth = None if true_heads is None else sorted(parse_heads(true_heads, subject.n_layers, subject.n_heads))
-    start = time.perf_counter()
-    accuracy = check_solvable(subject, examples, min_accuracy, "argmax", on_unsolvable, batch_size)
+    start = time.perf_counter()  # every method checks the model solves the positives first (`check_solvable`)
     edges, extra = [], {}
     if method == "sae":
         from mechkit.circuits.sae_discovery import SAEDiscoveryConfig, discover_circuit_sae
@@ -163,8 +165,10 @@ def find_circuit(
         scores, extra = found.scores, {"clean": found.clean, "corrupt": found.corrupt}
     wall = time.perf_counter() - start
     metrics, note = (None, "") if truth is None else ground_truth_metrics(scores, truth)
-    return CircuitResult(examples.name, method, scores, edges, accuracy, wall, len(examples), truth, metrics, note,
-                         extra)
+    if method == "sae" and truth is not None:
+        extra["edge_metrics"] = ground_truth_metrics(found.edge, truth)[0]  # the edge-derived head score's
+    return CircuitResult(examples.name, method, scores, edges, found.accuracy, wall, len(examples), truth, metrics,
+                         note, extra)
 
 
 # -- task files ------------------------------------------------------------------------------------------------

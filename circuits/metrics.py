@@ -51,3 +51,13 @@ def best_f1(scores: HeadScores, true_heads) -> float:
     denom = tpr + tnr
     f1 = np.divide(2 * tpr * tnr, denom, out=np.zeros_like(denom), where=denom > 0)
     return float(f1.max())
+
+
+def reference_heads(scores: HeadScores, threshold: float = 0.05) -> list:
+    """The reference circuit of a task without a known one: heads whose |score| is at least `threshold`, layer-major
+    (for exhaustive patching's normalized effect, the heads carrying at least that share of the clean - corrupt
+    gap); NaN heads never qualify."""
+    if not threshold > 0:
+        raise MechkitError(f"the reference threshold must be positive, got {threshold}")
+    return [head for head, score in zip(all_heads(scores.n_layers, scores.n_heads), scores.scores.flatten().tolist())
+            if abs(score) >= threshold]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mechkit.circuits.metrics import best_f1, labelled, precision_recall_at_k, roc_auc
+from mechkit.circuits.metrics import best_f1, labelled, precision_recall_at_k, reference_heads, roc_auc
 from mechkit.errors import MechkitError
 from mechkit.scores import HeadScores
 
@@ -51,3 +51,11 @@ def test_nan_heads_are_left_out_and_degenerate_truth_refused():
         roc_auc(_scores([[1.0, 2.0], [3.0, 4.0]]), [])
     with pytest.raises(MechkitError, match="covers 4 of the 4"):
         roc_auc(_scores([[1.0, 2.0], [3.0, 4.0]]), ["L0H0", "L0H1", "L1H0", "L1H1"])
+
+
+def test_reference_heads_are_those_above_the_threshold_in_absolute_value():
+    scores = HeadScores(torch.tensor([[0.5, -0.2, 0.01], [float("nan"), 0.05, -0.049]]), metric="m", model="m")
+    assert [h.label for h in reference_heads(scores, 0.05)] == ["L0H0", "L0H1", "L1H1"]
+    assert [h.label for h in reference_heads(scores, 0.3)] == ["L0H0"]
+    with pytest.raises(MechkitError, match="must be positive"):
+        reference_heads(scores, 0.0)

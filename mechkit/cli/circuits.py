@@ -16,6 +16,7 @@ from mechkit.errors import MechkitError
 from mechkit.results import ensure_writable_dir
 
 BUILTIN = ("ioi", "greater-than", "docstring")
+REFERENCES = ("none", "patching")
 DEFAULT_MODEL = "gemma-3-270m"
 TASK_HELP = ("ioi, greater-than, docstring (real-model tasks, --model), tracr:<program> (a compiled RASP program: "
              "reverse, sort, hist, frac_prevs, pair_balance, shuffle_dyck2), planted (the induction circuit of "
@@ -50,10 +51,21 @@ def parse_task(task: str) -> TaskSpec:
                        "nor an existing JSONL file")
 
 
-def _check(spec: TaskSpec, model: str | None, method: str, n: int, sae_examples: int, min_accuracy: float) -> None:
+def _check(spec: TaskSpec, model: str | None, method: str, n: int, sae_examples: int, min_accuracy: float,
+           sae_pooling: str = "mean", reference: str = "none", threshold: float = 0.05) -> None:
     from mechkit.circuits.find import check_method
+    from mechkit.circuits.sae_discovery import POOLINGS
 
     check_method(method)
+    if sae_pooling not in POOLINGS:
+        raise MechkitError(f"--sae-pooling {sae_pooling!r} is not one of {', '.join(POOLINGS)}")
+    if reference not in REFERENCES:
+        raise MechkitError(f"--reference {reference!r} is not one of {', '.join(REFERENCES)}")
+    if reference == "patching" and (spec.kind in ("tracr", "planted") or method == "patching"):
+        raise MechkitError("--reference patching scores a method against exhaustive patching on a task without a "
+                           "known circuit; drop it for tracr / planted tasks (they have one) and for --method patching")
+    if not threshold > 0:
+        raise MechkitError(f"--reference-threshold {threshold} must be positive")
     if spec.kind in ("tracr", "planted") and model is not None:
         raise MechkitError(f"--task {spec.kind if spec.kind == 'planted' else 'tracr:' + spec.name} brings its own "
                            f"model; drop --model {model}")
@@ -87,6 +99,13 @@ def find_circuit_command(
                                      ">= this)."),
     sae_latents: int = typer.Option(200, "--sae-latents", help="SAE dictionary size (method sae)."),
     sae_epochs: int = typer.Option(500, "--sae-epochs", help="SAE training epochs, full batch (method sae)."),
+    sae_pooling: str = typer.Option("mean", "--sae-pooling", help="How a head's output becomes one vector (method "
+                                    "sae): mean over the prompt's tokens (the paper's) or last (the read position)."),
+    reference: str = typer.Option("none", "--reference", help="none, or patching: run exhaustive head patching "
+                                  "first and score the method against its heads (tasks without a known circuit)."),
+    reference_threshold: float = typer.Option(0.05, "--reference-threshold", help="With --reference patching: the "
+                                              "reference circuit is the heads carrying at least this share of the "
+                                              "clean - corrupt gap (|normalized effect|)."),
     qk_fix: bool = typer.Option(True, "--qk-fix/--no-qk-fix", help="AtP* QK fix for saturated attention (method "
                                 "eap)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Pairs per forward pass."),
@@ -102,7 +121,7 @@ def find_circuit_command(
     from mechkit.circuits.sae_discovery import SAEDiscoveryConfig
 
     spec = parse_task(task)
-    _check(spec, model, method, n, sae_examples, min_accuracy)
+    _check(spec, model, method, n, sae_examples, min_accuracy, sae_pooling, reference, reference_threshold)
     _check_common(backend, dtype)
     out = ensure_writable_dir(out)
     truth = None
@@ -127,11 +146,24 @@ def find_circuit_command(
 
             examples = get_task(spec.name)(subject, n, seed)
     sae = SAEDiscoveryConfig(n_latents=sae_latents, n_epochs=sae_epochs, n_sae_examples=sae_examples,
-                             batch_size=batch_size, seed=seed)
+                             pooling=sae_pooling, batch_size=batch_size, seed=seed)
+    on_unsolvable = "warn" if allow_unsolvable else "raise"
+    reference_info = None
+    if reference == "patching":
+        from mechkit.circuits.metrics import reference_heads
+
+        _info(quiet, "exhaustive head patching for the reference circuit")
+        patched = find_circuit(subject, examples, "patching", None, sae, qk_fix, batch_size, min_accuracy,
+                               on_unsolvable, verbose=not quiet)
+        truth = reference_heads(patched.scores, reference_threshold)
+        reference_info = {"method": "patching", "threshold": reference_threshold, "wall_s": patched.wall_s,
+                          "heads": [h.label for h in truth]}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = find_circuit(subject, examples, method, truth, sae, qk_fix, batch_size, min_accuracy,
-                              "warn" if allow_unsolvable else "raise", verbose=not quiet)
+                              on_unsolvable, verbose=not quiet)
+    if reference_info is not None:
+        result.extra["reference"] = reference_info
     notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)
                                and "solves only" in str(w.message)))  # each method checks again: keep one
     if notes:
@@ -140,7 +172,8 @@ def find_circuit_command(
               "allow_unsolvable": allow_unsolvable, "batch_size": batch_size, "backend": getattr(subject, "backend",
                                                                                                   backend),
               "device": device, "dtype": dtype, "qk_fix": qk_fix,
-              "sae": {"n_latents": sae_latents, "n_epochs": sae_epochs, "n_sae_examples": sae_examples}}
+              "sae": {"n_latents": sae_latents, "n_epochs": sae_epochs, "n_sae_examples": sae_examples,
+                      "pooling": sae_pooling}, "reference": reference, "reference_threshold": reference_threshold}
     paths = write_circuit_outputs(out, result, subject, config, seed)
     for line in result.summary_lines():
         typer.echo(line)
