@@ -32,7 +32,8 @@ class SAEDiscoveryConfig:
     n_latents: SAE dictionary size F; l1_coeff: λ of the loss MSE + λ·mean L1(latents); lr, n_epochs: Adam,
     full batch; n_sae_examples: prompts (drawn from the shuffled positives + negatives) whose head vectors train
     the SAE; pooling: "mean" (the paper's: each head's output averaged over the real tokens) or "last" (its output at
-    the last token, the read position); normalize_node: divide the node score by the number of distinct codes of the head; edge_top_pairs:
+    the last token, the read position); normalize_node: divide the node score by the number of distinct codes of the
+    head; edge_top_pairs:
     head pairs counted for the edge-derived head score (None: n_heads_total² / 8 unordered pairs, the reference's
     first n_heads_total² / 2 entries of its flattened ordered pair list); batch_size: prompts per forward pass;
     min_accuracy / criterion / on_unsolvable: the solvability check on the positives (`check_solvable`).
@@ -225,8 +226,6 @@ def discover_circuit_sae(
         )
     if config.n_sae_examples < 1 or config.n_latents < 1 or config.n_epochs < 0:
         raise MechkitError("n_sae_examples and n_latents must be at least 1 and n_epochs at least 0; fix the config")
-    if config.pooling not in POOLINGS:
-        raise MechkitError(f"unknown pooling {config.pooling!r}; use one of {', '.join(POOLINGS)}")
     positives, logits = head_features_and_logits(subject, examples.positives, config.batch_size, verbose,
                                                  config.pooling)
     accuracy = check_solvable(subject, examples, config.min_accuracy, config.criterion, config.on_unsolvable,
