@@ -17,11 +17,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 
 import torch
+from cpu_time import cpu_seconds
 from mechkit.circuits.find import find_circuit
 from mechkit.circuits.metrics import reference_heads
 from mechkit.circuits.sae_discovery import POOLINGS, SAEDiscoveryConfig
@@ -29,11 +29,6 @@ from mechkit.circuits.sae_discovery import POOLINGS, SAEDiscoveryConfig
 import mechkit
 from mechkit.errors import MechkitError
 from mechkit.tasks.circuit_tasks import get_task
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timed(subject, examples, method: str, truth, sae: SAEDiscoveryConfig | None, batch_size: int):

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from cpu_time import cpu_seconds
 
 from mechkit.kernels.based import chunk_based, naive_based, triton_based
 from mechkit.kernels.delta_net import chunk_delta_net, naive_delta_net, triton_delta_net
@@ -107,22 +107,17 @@ def rel_rms(ref: torch.Tensor, got: torch.Tensor) -> float:
     return float((got - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
 
 
-def cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(call, repeats: int, sync=lambda: None):
     """One warm-up call, then `repeats` timed ones: (result, median wall s, median CPU s)."""
     result = call()
     walls, cpus = [], []
     for _ in range(repeats):
         sync()
-        t0, c0 = time.perf_counter(), cpu_s()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         result = call()
         sync()
         walls.append(time.perf_counter() - t0)
-        cpus.append(cpu_s() - c0)
+        cpus.append(cpu_seconds() - c0)
     return result, statistics.median(walls), statistics.median(cpus)
 
 

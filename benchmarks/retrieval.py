@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from cpu_time import cpu_seconds
 
 GIB = 1024**3
 WORKER_TIMEOUT_S = 15 * 60
@@ -79,13 +80,6 @@ def vm_size_gb() -> float:
 def peak_rss_gb() -> float:
     """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
-def cpu_s() -> float:
-    """CPU seconds (user + system, all threads) used by this process so far: less sensitive than wall time to
-    other processes sharing the cores."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -194,15 +188,15 @@ def worker(args) -> dict:
         result.update(vm_size_at_limit_gb=vm / 1e9, address_space_limit_gib=round(limit / GIB, 1),
                       requested_limit_gib=args.tl_limit_gib)
     result["load_average_before"] = os.getloadavg()[0]
-    t0, c0 = time.perf_counter(), cpu_s()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     try:
         tokens, extra = run(model, ids, args.new_tokens)
     except BaseException as err:  # noqa: BLE001 - an allocation failure is the measured outcome for tl
-        result.update(time_s=time.perf_counter() - t0, cpu_s=cpu_s() - c0, peak_rss_gb=peak_rss_gb(),
+        result.update(time_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - c0, peak_rss_gb=peak_rss_gb(),
                       status="oom" if _is_oom(err) else "error", error=f"{type(err).__name__}: {str(err)[:300]}",
                       load_average_after=os.getloadavg()[0])
         return result
-    result.update(time_s=time.perf_counter() - t0, cpu_s=cpu_s() - c0, peak_rss_gb=peak_rss_gb(), status="ok",
+    result.update(time_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - c0, peak_rss_gb=peak_rss_gb(), status="ok",
                   load_average_after=os.getloadavg()[0])
     result["tokens"] = tokens
     if args.worker == "mechkit":
