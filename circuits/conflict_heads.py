@@ -124,8 +124,7 @@ def score_conflict_heads(
 ) -> HeadScores:
     """Signed per-head scores `[n_layers, n_heads]`: mean over conflict prompts of LD(conflict) - LD(head's
     last-position z from `reference`, every other head's z and every MLP output frozen); logit units."""
-    if reference not in REFERENCES:
-        raise MechkitError(f"unknown reference {reference!r}; use one of {', '.join(REFERENCES)}")
+    check_conflict_options(reference=reference)
     L, H = subject.n_layers, subject.n_heads
     examples = conflicts.examples
     ref_all = _references(subject, conflicts, reference, batch_size)
@@ -216,11 +215,7 @@ def prune_conflict_heads(
     with LD < 0 / > 0), mean_ld (logits), knows (share of no-context queries with LD > 0), no_context_ld; kind
     "none" (k=0) is the unablated model. Random heads avoid the top-k of both kinds; draw d uses seed (seed, k, d)."""
     _check_ks(subject, ks)
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise MechkitError(f"unknown ablation mode {bad[0] if bad else 'list (empty)'!r}; use 'zero' and/or 'mean'")
-    if n_random < 0:
-        raise MechkitError(f"n_random must be >= 0, got {n_random}")
+    check_conflict_options(modes=modes, n_random=n_random)
     means = _last_z_means(subject, conflicts.examples.positives, batch_size) if "mean" in modes else None
     base = {"model": subject.model_id, "n_items": len(conflicts.examples), "seed": seed}
     plans = []
@@ -245,6 +240,23 @@ def prune_conflict_heads(
             bar.update()
     bar.close()
     return records
+
+
+def check_conflict_options(k: int = 1, ks: tuple[int, ...] | None = None, reference: str = "mean",
+                           modes: tuple[str, ...] = ("zero",), n_random: int = 0, flags: bool = False) -> None:
+    """Raise a one-sentence MechkitError for an option of `conflict_heads` out of range, before any model work
+    (the head-count bound on k needs the model: `_check_ks`). `flags`: name the options as command-line flags."""
+    def name(option: str) -> str:
+        return "--" + option.replace("_", "-") if flags else option
+
+    if k < 1 or (ks is not None and min(ks, default=1) < 1):
+        raise MechkitError(f"{name('k')} {k} and {name('ks')} {list(ks or ())} must be positive numbers of heads")
+    if reference not in REFERENCES:
+        raise MechkitError(f"{name('reference')} {reference!r} is not one of {', '.join(REFERENCES)}")
+    if not modes or any(mode not in MODES for mode in modes):
+        raise MechkitError(f"{name('modes')} {','.join(modes)!r} must be a comma list of {', '.join(MODES)}")
+    if n_random < 0:
+        raise MechkitError(f"{name('n_random')} {n_random} must be 0 or more")
 
 
 def _check_ks(subject, ks) -> None:
@@ -275,8 +287,7 @@ def conflict_heads(
     if ks is not None:
         ks = tuple(x for x in ks if not (isinstance(x, int) and x > n_heads)) or (k,)
         _check_ks(subject, ks)
-    if reference not in REFERENCES:
-        raise MechkitError(f"unknown reference {reference!r}; use one of {', '.join(REFERENCES)}")
+    check_conflict_options(reference=reference)
     if conflicts is None:
         conflicts = conflict_set(subject, n, seed, known_only=True, batch_size=batch_size)
     scores = score_conflict_heads(subject, conflicts, reference, batch_size=batch_size, verbose=verbose)

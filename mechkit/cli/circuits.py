@@ -109,7 +109,7 @@ def find_circuit_command(
     qk_fix: bool = typer.Option(True, "--qk-fix/--no-qk-fix", help="AtP* QK fix for saturated attention (method "
                                 "eap)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Pairs per forward pass."),
-    backend: str = typer.Option("auto", "--backend", help="auto, tl or nnsight (real models)."),
+    backend: str = options.BACKEND_AUTO,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
     out: Path = typer.Option(Path("results/circuit"), "--out", "-o", help="Directory for circuit.json, scores.csv "

@@ -15,23 +15,6 @@ from mechkit.errors import MechkitError
 from mechkit.results import ensure_writable_dir
 
 
-def _check(k: int, ks: tuple[int, ...] | None, reference: str, modes: tuple[str, ...], n: int | None,
-           n_random: int) -> None:
-    from mechkit.circuits.conflict_heads import MODES, REFERENCES
-
-    if k < 1 or (ks is not None and min(ks) < 1):
-        raise MechkitError(f"--k {k} and --ks {list(ks or ())} must be positive numbers of heads")
-    if reference not in REFERENCES:
-        raise MechkitError(f"--reference {reference!r} is not one of {', '.join(REFERENCES)}")
-    bad = [mode for mode in modes if mode not in MODES]
-    if bad or not modes:
-        raise MechkitError(f"--modes {','.join(modes)!r} must be a comma list of {', '.join(MODES)}")
-    if n is not None and n < 1:
-        raise MechkitError(f"--n {n} must be a positive number of facts (leave it out for every known fact)")
-    if n_random < 0:
-        raise MechkitError(f"--n-random {n_random} must be 0 or more")
-
-
 def conflict_heads_command(
     model: str = options.MODEL,
     facts: Path | None = typer.Option(None, "--facts", show_default=False, help="JSONL file of conflict facts "
@@ -46,7 +29,7 @@ def conflict_heads_command(
     n_random: int = typer.Option(3, "--n-random", help="Random head sets pruned per k (the control)."),
     seed: int = options.SEED,
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts per forward pass."),
-    backend: str = typer.Option("auto", "--backend", help="auto, tl or nnsight."),
+    backend: str = options.BACKEND_AUTO,
     device: str = options.DEVICE,
     dtype: str = options.DTYPE,
     out: Path = typer.Option(Path("results/conflict-heads"), "--out", "-o", help="Directory for heads.csv, "
@@ -56,12 +39,14 @@ def conflict_heads_command(
     """Find memory heads and context heads on knowledge-conflict prompts (path patching on LD = logit(memory) -
     logit(context)) and prune the top k of each kind; write heads.csv, pruning.csv, summary.json, dashboard.html."""
     from mechkit.circuits import conflict_io
-    from mechkit.circuits.conflict_heads import conflict_heads
+    from mechkit.circuits.conflict_heads import check_conflict_options, conflict_heads
     from mechkit.tasks.conflicts import conflict_set, load_facts
 
     prune = None if ks.strip().lower() == "none" else _parse_counts("--ks", ks)
     mode_list = tuple(part.strip() for part in modes.split(",") if part.strip())
-    _check(k, prune, reference, mode_list, n, n_random)
+    if n is not None and n < 1:
+        raise MechkitError(f"--n {n} must be a positive number of facts (leave it out for every known fact)")
+    check_conflict_options(k, prune, reference, mode_list, n_random, flags=True)
     _check_common(backend, dtype)
     fact_list = None if facts is None else load_facts(facts)
     out = ensure_writable_dir(out)

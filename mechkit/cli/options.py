@@ -18,3 +18,5 @@ OUT_DIR = typer.Option(
     help="Directory to write results into (created if missing; checked before any model is loaded).",
 )
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or info lines; results only.")
+BACKEND_AUTO = typer.Option("auto", "--backend", help="auto, tl or nnsight (auto: TransformerLens when it converts "
+                            "the model exactly, nnsight otherwise; native models need auto).")
