@@ -2,12 +2,12 @@
 
 One process, one model, one set of positive / negative pairs. Exhaustive head activation patching (one patched run
 per head and batch: the slow reference) runs first; its heads with |normalized effect| >= --threshold are the
-reference circuit (`mechkit.circuits.metrics.reference_heads`). Then the SAE method (each --pooling) and node
-attribution patching (atp) run on the same pairs and are scored against that reference by ROC-AUC; with --repeats > 1
-the methods alternate and the table shows medians. Times are wall and CPU (user + system, getrusage) seconds of
+reference circuit (`mechkit.circuits.metrics.reference_heads`). Then the SAE method (each --pooling and --epochs)
+and node attribution patching (atp) run on the same pairs and are scored against that reference by ROC-AUC; with
+--repeats > 1 the methods alternate and the table shows medians. Times are wall and CPU (user + system, getrusage) seconds of
 `find_circuit`, each method's solvability check included, model loading and example building excluded.
 
-    OMP_NUM_THREADS=1 python benchmarks/circuits.py --model gemma-3-270m --task ioi --n 32
+    OMP_NUM_THREADS=1 python benchmarks/circuits.py --model gemma-3-270m --task ioi --n 32 --epochs 500,100,25
     OMP_NUM_THREADS=1 python benchmarks/circuits.py --model smollm2-135m-instruct --task greater-than --n 32 --out r.json
 """
 
@@ -46,15 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=32, help="positive / negative pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pooling", default="mean,last", help="SAE poolings to run, comma-separated")
+    parser.add_argument("--epochs", default="500", help="SAE training epochs to run, comma-separated (500: the paper's)")
     parser.add_argument("--threshold", type=float, default=0.05, help="reference: |normalized patching effect| >= this")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     poolings = [p for p in args.pooling.split(",") if p]
-    if not poolings or any(p not in POOLINGS for p in poolings) or args.n < 5 or args.repeats < 1:
-        print(f"bad input: --pooling must list {', '.join(POOLINGS)}, --n >= 5 (the SAE trains on 10 prompts), "
-              "--repeats >= 1", file=sys.stderr)
+    epochs = [int(e) for e in args.epochs.split(",") if e.strip().isdigit()]
+    if (not poolings or any(p not in POOLINGS for p in poolings) or args.n < 5 or args.repeats < 1
+            or len(epochs) != len(args.epochs.split(","))):
+        print(f"bad input: --pooling must list {', '.join(POOLINGS)}, --epochs whole numbers, --n >= 5 (the SAE "
+              "trains on 10 prompts), --repeats >= 1", file=sys.stderr)
         return 2
     try:
         subject = mechkit.load(args.model, backend=args.backend)
@@ -62,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except MechkitError as err:
         print(f"bad input: {err}", file=sys.stderr)
         return 2
-    methods = [("patching", None)] + [(f"sae ({p})", SAEDiscoveryConfig(pooling=p, seed=args.seed,
-                                                                        batch_size=args.batch_size))
-                                      for p in poolings] + [("atp", None)]
+    methods = [("patching", None)] + [(f"sae ({p}, {e} epochs)", SAEDiscoveryConfig(
+        pooling=p, n_epochs=e, seed=args.seed, batch_size=args.batch_size)) for p in poolings for e in epochs]
+    methods.append(("atp", None))
     runs: dict[str, list] = {name: [] for name, _ in methods}
     truth = None
     for _ in range(args.repeats):
