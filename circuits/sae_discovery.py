@@ -197,13 +197,11 @@ def rank_edges(
     i, j = torch.triu_indices(total, total, offset=1)
     values = matrix[i, j]
     order = torch.sort(-values, stable=True).indices
+    order = order[values[order] > 0]  # positive pairs only, still best first
     heads = all_heads(n_layers, n_heads)
-    ranked = [(heads[int(i[k])], heads[int(j[k])], float(values[k])) for k in order.tolist() if values[k] > 0]
-    counts = torch.zeros(total, dtype=torch.float64)
-    for k in order[:top_pairs].tolist():
-        if values[k] > 0:
-            counts[i[k]] += 1
-            counts[j[k]] += 1
+    ranked = [(heads[a], heads[b], v) for a, b, v in zip(i[order].tolist(), j[order].tolist(), values[order].tolist())]
+    top = order[:top_pairs]
+    counts = (torch.bincount(i[top], minlength=total) + torch.bincount(j[top], minlength=total)).double()
     return ranked, counts
 
 
