@@ -4,11 +4,12 @@ One process, one model, one set of positive / negative pairs. Exhaustive head ac
 per head and batch: the slow reference) runs first; its heads with |normalized effect| >= --threshold are the
 reference circuit (`mechkit.circuits.metrics.reference_heads`). Then the SAE method (each --pooling and --epochs)
 and node attribution patching (atp) run on the same pairs and are scored against that reference by ROC-AUC; with
---repeats > 1 the methods alternate and the table shows medians. Times are wall and CPU (user + system, getrusage) seconds of
-`find_circuit`, each method's solvability check included, model loading and example building excluded.
+--repeats > 1 the methods alternate and the table shows medians. Times are wall and CPU (user + system,
+getrusage) seconds of `find_circuit`, each method's solvability check included, model loading and example building
+excluded.
 
     OMP_NUM_THREADS=1 python benchmarks/circuits.py --model gemma-3-270m --task ioi --n 32 --epochs 500,100,25
-    OMP_NUM_THREADS=1 python benchmarks/circuits.py --model smollm2-135m-instruct --task greater-than --n 32 --out r.json
+    OMP_NUM_THREADS=1 python benchmarks/circuits.py --model smollm2-135m-instruct --task ioi --n 32 --out r.json
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=32, help="positive / negative pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pooling", default="mean,last", help="SAE poolings to run, comma-separated")
-    parser.add_argument("--epochs", default="500", help="SAE training epochs to run, comma-separated (500: the paper's)")
+    parser.add_argument("--epochs", default="500", help="SAE training epochs, comma-separated (500: the paper's)")
     parser.add_argument("--threshold", type=float, default=0.05, help="reference: |normalized patching effect| >= this")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -26,7 +26,8 @@ def sliding_window_chunks(q, k, v, window: int | None, momentum: float, scale: f
         end = min(start + chunk_size, T)
         lo = 0 if window is None else max(0, start - window + 1)
         mask = visible(pos[start:end], pos[lo:end], window)  # [t, s]; the diagonal is always visible
-        o.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, lo:end], v[:, :, lo:end], mask, scale=scale))
+        keys, values = k[:, :, lo:end], v[:, :, lo:end]
+        o.append(F.scaled_dot_product_attention(q[:, :, start:end], keys, values, mask, scale=scale))
     return torch.cat(o, dim=2).transpose(1, 2)
 
 
