@@ -25,7 +25,7 @@ class ZooModel:
 _MQAR = ("mechkit train --task mqar --layers 2 --d-model 64 --seq-len 128 --kv-pairs 8 --vocab 256 --heads 4 "
          "--steps 1000 --lr 1e-2 --eval-every 100 --target-accuracy 0.99 --seed 0")
 _REGBENCH = ("mechkit train --task regbench --layers 2 --d-model 64 --heads 4 --d-mlp 256 --seq-len 192 "
-             "--n-train 5000 --n-test 500 --steps 1000 --batch-size 32 --lr 3e-3 --eval-every 200 --seed 0")
+             "--n-train 5000 --n-test 500 --steps 5000 --batch-size 32 --lr 3e-3 --eval-every 1000 --seed 0")
 _MQAR_TASK = "MQAR (T=128, 8 key-value pairs, vocab 256)"
 _REGBENCH_TASK = "REGBENCH (5000 training automata, strings under 12 symbols, T=192)"
 
