@@ -83,3 +83,13 @@ def test_induction_dashboard_renders_and_hovers(tmp_path, browser_page):
     assert "L1H2" in browser_page.hover_text(2, 1, 2) and "induction" in browser_page.hover_text(2, 1, 2)
     assert not browser_page.errors and not browser_page.failed
     assert all(url.startswith("file://") for url in browser_page.requested)
+
+
+def test_native_models_load_whatever_the_backend_default(tmp_path):
+    """The command's default --backend (nnsight) does not apply to a native model: it loads on its own backend."""
+    out = tmp_path / "native"
+    result = run("find-induction-heads", "--model", "native:mqar-softmax", "--seq-len", "10", "--sequences", "2",
+                 "--prefix-len", "8", "--ablate", "1", "--draws", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "native backend" in result.output
+    assert HeadScores.from_json(out / "induction.json").config["backend"] == "native"

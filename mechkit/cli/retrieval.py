@@ -72,7 +72,9 @@ def scan_config(model: str, lengths: str, depths: str, needles: str, haystack: s
 
 
 def _load(model: str, backend: str, device: str, dtype: str, quiet: bool):
-    _info(quiet, f"loading {model} on {device} ({dtype}, {backend} backend)")
+    native = model.startswith("native:")
+    backend = "auto" if native else backend  # a native model has one backend, its own: --backend does not apply
+    _info(quiet, f"loading {model} on {device} ({dtype}, {'native' if native else backend} backend)")
     with _library_output(quiet):
         return load(model, backend=backend, device=device, dtype=dtype)
 
