@@ -272,3 +272,27 @@ def test_chunk_gradcheck(variant):
         return CHUNK[family](q, k, v, **(opts | dict(zip(names, rest))), chunk_size=2, output_states=True)
 
     assert torch.autograd.gradcheck(fn, tensors)
+
+
+@pytest.mark.parametrize("log_decay", [-1.0, -2.0], ids=["factored", "differences"])
+def test_gated_chunk_matches_naive_on_both_decay_paths(log_decay):
+    """Chunk-local decay sums down to -FACTORED_LOG_DECAY (40) fold e^{±G} into the operands; stronger decay (here
+    -2 x 32 = -64 per chunk) builds Γ from differences. Both must match the recurrence."""
+    family, qkv, opts = make_case("gated-delta", 1, 100, 2, 16, 16)
+    opts["g"] = torch.full_like(opts["g"], log_decay) + 0.01 * opts["g"]  # about log_decay, not constant
+    ref = NAIVE[family](*qkv, **opts, chunk_size=32, output_states=True)
+    got = CHUNK[family](*qkv, **opts, chunk_size=32, output_states=True)
+    for name, r, g in zip(("o", "final_state", "states"), ref, got):
+        assert_close(name, r, g, TOL_FP32)
+
+
+def test_gated_chunk_gradcheck_with_strong_decay():
+    family, qkv, opts = make_case("gated-delta", 1, 5, 1, 3, 2, dtype=torch.float64, initial_state=True)
+    opts["g"] = opts["g"] - 30.0  # -60 and below per chunk of 2: the differences path
+    names = [n for n, x in opts.items() if isinstance(x, torch.Tensor)]
+    tensors = [x.detach().requires_grad_() for x in qkv] + [opts[n].detach().requires_grad_() for n in names]
+
+    def fn(q, k, v, *rest):
+        return CHUNK[family](q, k, v, **(opts | dict(zip(names, rest))), chunk_size=2, output_states=True)
+
+    assert torch.autograd.gradcheck(fn, tensors)
