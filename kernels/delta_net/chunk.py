@@ -5,7 +5,8 @@ Per chunk of C tokens with entering state S, chunk-local G = cumsum(g), Γ_ij = 
     A = strict_tril(diag(β)(K Wkᵀ ⊙ Γ)),  [U | W] = (I + A)⁻¹ [β ⊙ V | β ⊙ e^G ⊙ K]   (unit-lower-triangular solve)
     V_new = U − W S,  O = scale · ((Q ⊙ e^G) S + (Q Wkᵀ ⊙ Γ) V_new),  S ← e^{G_C} S + (Wk ⊙ e^{G_C − G})ᵀ V_new.
 While every chunk-local G stays above −FACTORED_LOG_DECAY, Γ ⊙ (X Wkᵀ) = tril((e^G ⊙ X)(e^{−G} ⊙ Wk)ᵀ) is computed
-with the factors folded into the operands (as fla's chunked kernels do); otherwise Γ is built from the differences.
+with the factors folded into the operands (as fla's chunked kernels do), and the state update reads the same
+e^{−G} ⊙ Wk: S ← e^{G_C} (S + (e^{−G} ⊙ Wk)ᵀ V_new). Otherwise Γ is built from the differences.
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ def delta_net_chunks(q, k, v, beta, g, write_scale, h0, scale: float, chunk_size
     # Without decay (g None) Γ is the lower-triangular ones and e^G = 1: no exponentials at all.
     G = None if g is None else to_chunks(g, C, dt, chunk_first=True).cumsum(-2)  # [N, B, H, C, 1]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    writes_T = None  # (e^{−G} ⊙ Wk)ᵀ, `[N, B, H, K, C]`, unless the decay is strong
     if G is None:
-        qg, kg, wT = qc * scale, bc * kc, wc.transpose(-1, -2)
-        A, scores = bmm(kg, wT), bmm(qg, wT) * causal
+        qg, kg, writes_T = qc * scale, bc * kc, wc.transpose(-1, -2)
+        A, scores = bmm(kg, writes_T), bmm(qg, writes_T) * causal
     elif G.min() >= -FACTORED_LOG_DECAY:
         # Γ_ij = e^{G_i} e^{−G_j} folded into the operands: no C x C exponentials (e^{±G} stay in float range).
         eG = G.exp()  # [N, B, H, C, 1]: the per-row factors cost a fraction of a pass over q, k
-        qg, kg, wdT = qc * (scale * eG), kc * (bc * eG), (wc / eG).transpose(-1, -2)
-        A, scores = bmm(kg, wdT), bmm(qg, wdT) * causal
+        qg, kg, writes_T = qc * (scale * eG), kc * (bc * eG), (wc / eG).transpose(-1, -2)
+        A, scores = bmm(kg, writes_T), bmm(qg, writes_T) * causal
     else:  # strong decay within a chunk: Γ from the differences G_i − G_j
         eG, decay, qs, bk, wT = G.exp(), decay_matrix(G[..., 0]), qc * scale, bc * kc, wc.transpose(-1, -2)
         qg, kg = qs * eG, bk * eG
@@ -58,19 +60,28 @@ def delta_net_chunks(q, k, v, beta, g, write_scale, h0, scale: float, chunk_size
     W = torch.linalg.solve_triangular(A, kg, upper=False, unitriangular=True)
     N, BH = qc.shape[0], B * H  # the loop runs on [B·H, ...] blocks: baddbmm fuses each matmul with its add
     U, W = U.view(N, BH, C, V), W.view(N, BH, C, K)
-    if G is None:
-        writes = wc.transpose(-1, -2).reshape(N, BH, K, C)
+    # S ← e^{G_C} (S + writes_T V_new), reading writes_T in place (a view); with strong decay, where e^{−G} may
+    # overflow, S ← e^{G_C} S + (e^{G_C − G} ⊙ Wk)ᵀ V_new instead.
+    post_decay = writes_T is not None
+    if post_decay:
+        writes = writes_T.reshape(N, BH, K, C)
     else:
         writes = (wc * (G[..., -1:, :] - G).exp()).transpose(-1, -2).reshape(N, BH, K, C)
-        step_decay = G[..., -1:, :].exp().view(N, BH, 1, 1)
+    step_decay = None if G is None else G[..., -1:, :].exp().view(N, BH, 1, 1)
     S = kc.new_zeros(BH, K, V) if h0 is None else h0.to(dt).reshape(BH, K, V)
     states, v_new = [], []
     for n in range(N):
         states.append(S)
         v_new.append(torch.baddbmm(U[n], W[n], S, alpha=-1))  # U − W S
-        S = torch.baddbmm(S if G is None else step_decay[n] * S, writes[n], v_new[-1])
+        if not post_decay:
+            S = torch.baddbmm(step_decay[n] * S, writes[n], v_new[-1])
+        elif G is None:
+            S = torch.baddbmm(S, writes[n], v_new[-1])
+        else:
+            S = torch.baddbmm(S, writes[n], v_new[-1]) * step_decay[n]
     states, v_new = torch.stack(states).view(N, B, H, K, V), torch.stack(v_new).view(N, B, H, C, V)
-    o = bmm(qg, states) + bmm(scores, v_new)
+    o = torch.baddbmm(bmm(qg, states).view(-1, C, V), scores.reshape(-1, C, C), v_new.view(-1, C, V)).view(
+        N, B, H, C, V)
     return from_chunks(o, T, chunk_first=True).to(q.dtype), S.view(B, H, K, V), states.movedim(0, 2)
 
 
