@@ -203,6 +203,14 @@ def test_triton_kernel_gives_the_same_logits_under_the_interpreter():
     assert float(out.stdout.strip().splitlines()[-1]) < 1e-4
 
 
+def test_read_returns_the_logits_of_the_marked_positions():
+    model, x = tiny(["softmax", "delta_net"], ngram_orders=(1,)), tokens()
+    read = torch.zeros(x.shape, dtype=torch.bool)
+    read[0, [3, 17]], read[1, 28] = True, True
+    full = model(x)
+    assert torch.allclose(model(x, read=read), full[read], atol=1e-6) and model(x, read=read).shape == (3, 40)
+
+
 def test_weights_come_from_the_seed():
     config = NativeConfig(vocab_size=40, mixers=("kaczmarz",), d_model=16, d_head=16)
     a, b, c = NativeModel(config, seed=1), NativeModel(config, seed=1), NativeModel(config, seed=2)

@@ -11,7 +11,7 @@ generator seeded with `seed`.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -90,11 +90,15 @@ class NativeModel(HookedRootModule):
         positions: Int[Tensor, "batch new"] | None = None,
         cache: NativeCache | None = None,
         last_only: bool = False,
-    ) -> Float[Tensor, "batch new_or_1 vocab"]:
+        read: Bool[Tensor, "batch new"] | None = None,
+    ) -> Float[Tensor, "batch new_or_1 vocab"] | Float[Tensor, "n_read vocab"]:
         """Logits of `tokens` (left-padded when `attention_mask` has zeros).
 
         attention_mask covers cached + new tokens (default all ones); positions are the new tokens' rotary
-        positions (default: from the mask). With a cache the run continues from it and updates it.
+        positions (default: from the mask). With a cache the run continues from it and updates it. last_only: the
+        last position's logits `[batch, 1, vocab]`; read: only the logits of the marked positions, `[n_read, vocab]`
+        in row-major order (training reads its labeled positions only: the unembedding is most of a step at a large
+        vocabulary).
         """
         B, T = tokens.shape
         past = cache.length if cache is not None else 0
@@ -120,6 +124,8 @@ class NativeModel(HookedRootModule):
             x = block(x, Segment(positions, mask, key_mask, None if cache is None else cache.layers[layer]))
         if last_only:
             x = x[:, -1:]
+        if read is not None:
+            x = x[read]
         return self.unembed(self.ln_final(x))
 
     def _ngram(self, tokens: Tensor, x: Tensor, attention_mask: Tensor, cache: NativeCache | None) -> Tensor:

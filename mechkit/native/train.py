@@ -180,8 +180,9 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
     for step in bar:
         start = time.perf_counter()
         rows = torch.from_numpy(np.random.default_rng((config.seed, 1, step)).integers(0, n_train, config.batch_size))
-        logits = model(data.train_tokens[rows])
-        loss = F.cross_entropy(logits.flatten(0, 1), data.train_labels[rows].flatten(), ignore_index=-100)
+        labels = data.train_labels[rows]
+        labeled = labels != -100
+        loss = F.cross_entropy(model(data.train_tokens[rows], read=labeled), labels[labeled])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
