@@ -209,6 +209,9 @@ def test_read_returns_the_logits_of_the_marked_positions():
     read[0, [3, 17]], read[1, 28] = True, True
     full = model(x)
     assert torch.allclose(model(x, read=read), full[read], atol=1e-6) and model(x, read=read).shape == (3, 40)
+    for bad in ({"read": read[:, :5]}, {"read": read, "last_only": True}):
+        with pytest.raises(MechkitError, match="read must be a boolean mask shaped like tokens"):
+            model(x, **bad)
 
 
 def test_weights_come_from_the_seed():

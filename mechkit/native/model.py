@@ -107,6 +107,9 @@ class NativeModel(HookedRootModule):
         if attention_mask.shape != (B, past + T):
             raise MechkitError(f"attention_mask has shape {tuple(attention_mask.shape)} but {B} rows of {past} cached "
                                f"+ {T} new tokens need ({B}, {past + T}); pass a mask over the whole sequence")
+        if read is not None and (last_only or read.shape != tokens.shape):
+            raise MechkitError(f"read must be a boolean mask shaped like tokens {tuple(tokens.shape)}, without "
+                               f"last_only; got {tuple(read.shape)} with last_only={last_only}")
         if T == 0 or past + T > self.cfg.context_length:
             raise MechkitError(f"{past + T} tokens (with {T} new) do not fit a context of {self.cfg.context_length}; "
                                "pass 1 .. context_length tokens")
