@@ -174,17 +174,17 @@ def edge_scores(
     codes_pos: Int[Tensor, "n_pos head"], codes_neg: Int[Tensor, "n_neg head"], n_codes: int
 ) -> Float[Tensor, "head head"]:
     """Per head pair, the number of code pairs seen together on positives and never on negatives (symmetric, zero
-    diagonal). One row at a time, so memory stays at [n, head]."""
+    diagonal). One row of the upper triangle at a time, so memory stays at [n, head]."""
     n_heads = codes_pos.shape[1]
-    offsets = torch.arange(n_heads, dtype=torch.long) * n_codes * n_codes
     matrix = torch.zeros(n_heads, n_heads, dtype=torch.float64)
-    for h1 in range(n_heads):
-        pos = (offsets + codes_pos[:, h1, None] * n_codes + codes_pos).flatten().unique()
-        neg = (offsets + codes_neg[:, h1, None] * n_codes + codes_neg).flatten().unique()
+    for h1 in range(n_heads - 1):
+        later = slice(h1 + 1, None)
+        offsets = torch.arange(n_heads - h1 - 1, dtype=torch.long) * n_codes * n_codes
+        pos = (offsets + codes_pos[:, h1, None] * n_codes + codes_pos[:, later]).flatten().unique()
+        neg = (offsets + codes_neg[:, h1, None] * n_codes + codes_neg[:, later]).flatten().unique()
         only = pos[~torch.isin(pos, neg)]
-        matrix[h1] = torch.bincount(only // (n_codes * n_codes), minlength=n_heads).double()
-    matrix.fill_diagonal_(0.0)
-    return matrix
+        matrix[h1, later] = torch.bincount(only // (n_codes * n_codes), minlength=n_heads - h1 - 1).double()
+    return matrix + matrix.T
 
 
 def rank_edges(

@@ -62,6 +62,19 @@ def test_node_and_edge_scores_by_hand():
     assert rank_edges(edges, 1, 3)[1].tolist() == [1.0, 1.0, 0.0]  # default: max(1, 9 // 8) = 1 pair
 
 
+def test_edge_scores_match_counting_code_pairs_with_sets():
+    g = torch.Generator().manual_seed(3)
+    pos, neg = torch.randint(0, 4, (6, 7), generator=g), torch.randint(0, 4, (5, 7), generator=g)
+    expected = torch.zeros(7, 7, dtype=torch.float64)
+    for a in range(7):
+        for b in range(7):
+            if a != b:
+                seen = {(x, y) for x, y in zip(neg[:, a].tolist(), neg[:, b].tolist())}
+                expected[a, b] = len({(x, y) for x, y in zip(pos[:, a].tolist(), pos[:, b].tolist())} - seen)
+    assert expected.sum() > 0
+    assert torch.equal(edge_scores(pos, neg, n_codes=4), expected)
+
+
 def test_sae_dictionary_stays_unit_norm_and_learns():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 12, generator=g) * 3
