@@ -170,6 +170,16 @@ def node_scores(
     return torch.tensor(scores, dtype=torch.float64)
 
 
+def exact_codes(features: Float[Tensor, "example head d_model"], decimals: int = 4) -> Int[Tensor, "example head"]:
+    """The finest discrete code: per head, one integer per distinct output vector (rounded to `decimals`).
+
+    Merging codes never makes a code unique to positives, so a head whose node score is 0 under these codes scores 0
+    under any SAE's argmax codes on the same examples: an upper bound on what the discretization can see."""
+    rounded = features.mul(10 ** decimals).round()
+    return torch.stack([torch.unique(rounded[:, h], dim=0, return_inverse=True)[1]
+                        for h in range(features.shape[1])], dim=1)
+
+
 def edge_scores(
     codes_pos: Int[Tensor, "n_pos head"], codes_neg: Int[Tensor, "n_neg head"], n_codes: int
 ) -> Float[Tensor, "head head"]:

@@ -11,6 +11,7 @@ from mechkit.circuits.sae_discovery import (
     SAEDiscoveryConfig,
     discover_circuit_sae,
     edge_scores,
+    exact_codes,
     head_features,
     node_scores,
     rank_edges,
@@ -73,6 +74,16 @@ def test_edge_scores_match_counting_code_pairs_with_sets():
                 expected[a, b] = len({(x, y) for x, y in zip(pos[:, a].tolist(), pos[:, b].tolist())} - seen)
     assert expected.sum() > 0
     assert torch.equal(edge_scores(pos, neg, n_codes=4), expected)
+
+
+def test_exact_codes_give_one_code_per_distinct_vector_of_each_head():
+    a, b = [1.0, 0.0], [2.0, 0.0]  # collinear but distinct
+    features = torch.tensor([[a, a], [b, a], [a, b], [b, b]])  # [example, head, d]
+    codes = exact_codes(features)
+    assert codes[:, 0].tolist() == [0, 1, 0, 1] and codes[:, 1].tolist() == [0, 0, 1, 1]
+    assert torch.equal(exact_codes(features + 1e-7), codes)  # below the rounding
+    # positives: examples 0-1, negatives: 2-3; head 0 shows a and b on both sides, head 1 shows a only on positives
+    assert node_scores(codes[:2], codes[2:]).tolist() == [0.0, 1.0]
 
 
 def test_sae_dictionary_stays_unit_norm_and_learns():
